@@ -1,0 +1,43 @@
+"""The step engine: one code path that every part of the package runs steps through.
+
+Imports only torch and transformers (lazily), never pydantic configuration or LangChain, so it
+also runs on a bare torch + transformers install (e.g. a GPU box used for measurements).
+"""
+
+from langchain_rankguide.engine.hooks import capture_residual, find_decoder_layers, resolve_layer
+from langchain_rankguide.engine.loading import (
+    MODELS,
+    LoadedModel,
+    ModelRegistry,
+    load_model,
+    resolve_model_source,
+)
+from langchain_rankguide.engine.sampling import SamplingSettings, step_seed
+from langchain_rankguide.engine.step_engine import (
+    CaptureSettings,
+    Intervention,
+    StepDraft,
+    StepEngine,
+    StepSettings,
+)
+from langchain_rankguide.engine.text import IncrementalDetokenizer, encode_continuation
+
+__all__ = [
+    "MODELS",
+    "CaptureSettings",
+    "IncrementalDetokenizer",
+    "Intervention",
+    "LoadedModel",
+    "ModelRegistry",
+    "SamplingSettings",
+    "StepDraft",
+    "StepEngine",
+    "StepSettings",
+    "capture_residual",
+    "encode_continuation",
+    "find_decoder_layers",
+    "load_model",
+    "resolve_layer",
+    "resolve_model_source",
+    "step_seed",
+]

@@ -1,0 +1,424 @@
+r"""Shared record formats: the contract between the engine, graph, chat models and server.
+
+Everything here is JSON-native (``to_dict``/``from_dict`` round-trip through ``json``), has no
+tensors and imports neither pydantic nor LangChain, so the engine can use it on a bare
+torch + transformers install and checkpoints can store it as is.
+
+Example:
+    >>> rec = StepRecord(index=0, author="srm", text="12 + 5 = 17, total 17.\\n\\n", tokens=9)
+    >>> StepRecord.from_dict(rec.to_dict()) == rec
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, TypedDict, get_args
+
+from langchain_rankguide.errors import CalibrationError
+
+Author = Literal["srm", "lrm"]
+"""Which model wrote a step."""
+
+FailureMode = Literal["overconfidence", "uncertainty", "heavy_revalidation", "numerical_fault"]
+"""Why a step was judged likely to fail (``None`` on a record means no failure mode fired)."""
+
+FAILURE_MODES: tuple[str, ...] = get_args(FailureMode)
+
+Decision = Literal["accept", "escalate", "forced"]
+"""What the guard did with a step: kept the SRM draft, handed it to the LRM, or a policy forced the
+author (``srm``/``lrm`` policies, budget rules)."""
+
+FinishReason = Literal["delimiter", "end_marker", "eos", "max_tokens", "budget"]
+"""Why a step's generation stopped."""
+
+SignalValue = float | None
+"""A signal's value: a finite float, or ``None`` with a reason recorded beside it."""
+
+
+class Usage(TypedDict):
+    """Tokens one model processed: ``prefill_tokens`` fed as input, ``decode_tokens`` generated."""
+
+    prefill_tokens: int
+    decode_tokens: int
+
+
+def empty_usage() -> Usage:
+    """Return a zeroed :class:`Usage`."""
+    return {"prefill_tokens": 0, "decode_tokens": 0}
+
+
+def add_usage(total: Usage, more: Usage) -> Usage:
+    """Return ``total + more`` as a new :class:`Usage`."""
+    return {
+        "prefill_tokens": total["prefill_tokens"] + more["prefill_tokens"],
+        "decode_tokens": total["decode_tokens"] + more["decode_tokens"],
+    }
+
+
+def clean_signal(value: Any) -> SignalValue:
+    """Coerce a signal value to ``float | None``: NaN and infinities become ``None``."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+@dataclass
+class StepRecord:
+    """One committed reasoning step.
+
+    Attributes:
+        index: position of the step in the trace, from 0.
+        author: the model whose text was committed.
+        text: the committed text, ending exactly at the end of the delimiter (or at an end
+            marker / EOS for the last step).
+        tokens: number of tokens of ``text`` in the author's tokenizer.
+        token_ids: the step's token ids per model (``"srm"``/``"lrm"``), as each model's cache
+            holds them; used to rebuild engine caches when a run resumes.
+        signals: signal name -> value (see :data:`SIGNALS`); ``None`` values have a reason in
+            ``signal_notes``.
+        signal_notes: signal name -> why its value is ``None``.
+        decision: what the guard did (see :data:`Decision`).
+        escalated: ``True`` when the LRM wrote (or was asked to write) this step.
+        score: the router's score for the SRM draft (higher means more likely to fail).
+        router: name of the routing policy that decided.
+        failure_mode: the failure mode that fired, or ``None``.
+        reason: a short human-readable account of the decision.
+        draft_text: the discarded SRM draft when the step was escalated after drafting.
+        latency_s: wall time spent on this step, discarded drafts and routing included.
+        draft_latency_s: the part of ``latency_s`` spent on a discarded draft.
+        finish_reason: why generation of the committed text stopped.
+        is_answer: ``True`` for the final-answer step.
+        fallback: set when a configured fallback replaced the intended author (e.g. the LRM
+            failed and the SRM draft was kept); names what happened.
+    """
+
+    index: int
+    author: Author
+    text: str
+    tokens: int = 0
+    token_ids: dict[str, list[int]] = field(default_factory=dict)
+    signals: dict[str, SignalValue] = field(default_factory=dict)
+    signal_notes: dict[str, str] = field(default_factory=dict)
+    decision: Decision = "accept"
+    escalated: bool = False
+    score: float | None = None
+    router: str = ""
+    failure_mode: FailureMode | None = None
+    reason: str = ""
+    draft_text: str | None = None
+    latency_s: float = 0.0
+    draft_latency_s: float = 0.0
+    finish_reason: FinishReason = "delimiter"
+    is_answer: bool = False
+    fallback: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-native dict (NaN-free)."""
+        data = asdict(self)
+        data["signals"] = {k: clean_signal(v) for k, v in self.signals.items()}
+        data["score"] = clean_signal(self.score)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepRecord:
+        """Build a record from :meth:`to_dict` output; unknown keys are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class StepEvent:
+    """The stream event emitted once per committed step (LangGraph ``custom`` stream mode).
+
+    Attributes:
+        type: always ``"rankguide.step"`` so consumers can filter custom events.
+        run_id: the run (LangGraph thread) the step belongs to.
+        step: the committed step record, as :meth:`StepRecord.to_dict` returns it.
+        usage: per-model usage so far in this run.
+    """
+
+    run_id: str
+    step: dict[str, Any]
+    usage: dict[str, Usage] = field(default_factory=dict)
+    type: str = "rankguide.step"
+
+    @classmethod
+    def from_step(cls, run_id: str, step: StepRecord, usage: dict[str, Usage]) -> StepEvent:
+        """Build the event for a committed step."""
+        return cls(run_id=run_id, step=step.to_dict(), usage={k: dict(v) for k, v in usage.items()})  # type: ignore[misc]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-native dict."""
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- signal registry
+
+
+SignalCost = Literal["hot", "diagnostic"]
+
+
+@dataclass(frozen=True)
+class SignalSpec:
+    """What a named signal means.
+
+    Attributes:
+        name: stable dotted name, e.g. ``rank.energy``.
+        description: one line on what is measured.
+        needs: the engine capture it needs: ``"step_hidden"``, ``"window_hidden"``,
+            ``"multi_layer"`` (several signal layers), ``"opening_states"``, ``"logprobs"``,
+            ``"first_token"`` or ``"text"``.
+        value_range: documented range of finite values, ``(low, high)``; ``None`` = unbounded.
+        failing_direction: ``+1`` if larger values are expected to mean a failing step, ``-1``
+            if smaller, ``0`` if unknown. Calibration decides the real direction.
+        pre_step: ``True`` if the value is known before the SRM drafts the step.
+    """
+
+    name: str
+    description: str
+    needs: str
+    value_range: tuple[float | None, float | None] = (0.0, None)
+    failing_direction: int = 0
+    pre_step: bool = False
+
+
+def _rank_specs(prefix: str, what: str, needs: str) -> list[SignalSpec]:
+    return [
+        SignalSpec(f"{prefix}.energy", f"energy rank (eta) of {what}", needs, (0.0, None), 0),
+        SignalSpec(
+            f"{prefix}.energy_norm", f"energy rank of {what} / min(n, d)", needs, (0.0, 1.0)
+        ),
+        SignalSpec(f"{prefix}.numerical", f"numerical rank (s_i > eps*s_1) of {what}", needs),
+        SignalSpec(
+            f"{prefix}.numerical_norm", f"numerical rank of {what} / min(n, d)", needs, (0.0, 1.0)
+        ),
+        SignalSpec(f"{prefix}.effective", f"effective rank exp(H(s/sum s)) of {what}", needs),
+        SignalSpec(
+            f"{prefix}.effective_norm", f"effective rank of {what} / min(n, d)", needs, (0.0, 1.0)
+        ),
+        SignalSpec(f"{prefix}.stable", f"stable rank sum s^2 / s_1^2 of {what}", needs),
+        SignalSpec(
+            f"{prefix}.stable_norm", f"stable rank of {what} / min(n, d)", needs, (0.0, 1.0)
+        ),
+    ]
+
+
+def _build_registry() -> dict[str, SignalSpec]:
+    specs = [
+        *_rank_specs("rank", "the step's hidden-state matrix (n tokens x d)", "step_hidden"),
+        *_rank_specs("rank.window", "the last W tokens' hidden states", "window_hidden"),
+        SignalSpec(
+            "rank.tensor",
+            "token-mode energy rank of the L x n x d step tensor (HOSVD)",
+            "multi_layer",
+        ),
+        SignalSpec("rank.tensor_norm", "rank.tensor / min(n, L*d)", "multi_layer", (0.0, 1.0)),
+        SignalSpec(
+            "rank.cross_step",
+            "energy rank of the last W step-opening states (W x d)",
+            "opening_states",
+            (0.0, None),
+            -1,
+        ),
+        SignalSpec(
+            "rank.cross_step_norm", "rank.cross_step / min(W, d)", "opening_states", (0.0, 1.0), -1
+        ),
+        SignalSpec(
+            "entropy.first_token",
+            "entropy (nats) of the step's first-token distribution",
+            "first_token",
+            (0.0, None),
+            +1,
+            True,
+        ),
+        SignalSpec(
+            "entropy.first_token_top20",
+            "entropy over the renormalised top-20 first-token log-probs (GlimpRouter)",
+            "first_token",
+            (0.0, None),
+            +1,
+            True,
+        ),
+        SignalSpec(
+            "entropy.mean", "mean per-token entropy (nats) of the step", "logprobs", (0.0, None), +1
+        ),
+        SignalSpec(
+            "entropy.max", "max per-token entropy (nats) of the step", "logprobs", (0.0, None), +1
+        ),
+        SignalSpec(
+            "prob.min",
+            "smallest probability of a chosen token in the step",
+            "logprobs",
+            (0.0, 1.0),
+            -1,
+        ),
+        SignalSpec(
+            "logprob.mean", "mean log-probability of the chosen tokens", "logprobs", (None, 0.0), -1
+        ),
+        SignalSpec("step.tokens", "number of tokens in the step", "text", (0.0, None), 0),
+        SignalSpec(
+            "reflection.cue",
+            "1 if the step starts a re-check (reflection cue rules), else 0",
+            "text",
+            (0.0, 1.0),
+            +1,
+        ),
+        SignalSpec(
+            "reflection.streak",
+            "consecutive reflection steps ending with this one",
+            "text",
+            (0.0, None),
+            +1,
+        ),
+        SignalSpec(
+            "step.repeat",
+            "1 if the step repeats an earlier step verbatim, else 0",
+            "text",
+            (0.0, 1.0),
+            +1,
+        ),
+    ]
+    return {spec.name: spec for spec in specs}
+
+
+SIGNALS: dict[str, SignalSpec] = _build_registry()
+"""Every signal the package can compute, by stable dotted name."""
+
+
+def check_signal_names(names: list[str] | tuple[str, ...]) -> None:
+    """Raise ``ValueError`` naming any unknown signal in ``names``."""
+    unknown = [n for n in names if n not in SIGNALS]
+    if unknown:
+        raise ValueError(f"unknown signal(s) {unknown}; known: {sorted(SIGNALS)}")
+
+
+# --------------------------------------------------------------------------- calibration file
+
+CALIBRATION_VERSION = 1
+
+
+@dataclass
+class SignalStats:
+    """Per-signal statistics for z-scoring: ``z = direction * (x - mean) / std``."""
+
+    mean: float
+    std: float
+    direction: int = 1
+    auroc: float | None = None
+
+
+@dataclass
+class Calibration:
+    """A versioned calibration file: statistics, router weights and threshold for a model pair.
+
+    ``score = bias + sum_i weights[i] * z_i`` over the z-scored signals; a step escalates when
+    ``score >= threshold``. The file records the model identities it was fitted for; using it
+    with other models is refused unless explicitly allowed.
+
+    Example:
+        >>> cal = Calibration(models={"srm": "demo-srm", "lrm": "demo-lrm"},
+        ...                   signals={"entropy.first_token": SignalStats(1.0, 0.5)},
+        ...                   weights={"entropy.first_token": 1.0}, threshold=0.8)
+        >>> round(cal.score({"entropy.first_token": 2.0}), 3)
+        2.0
+    """
+
+    models: dict[str, str]
+    signals: dict[str, SignalStats]
+    weights: dict[str, float]
+    threshold: float
+    bias: float = 0.0
+    target_escalation_rate: float | None = None
+    reflection_streak: int = 3
+    notes: str = ""
+    version: int = CALIBRATION_VERSION
+
+    def zscore(self, name: str, value: float) -> float:
+        """Return the z-score of ``value`` for signal ``name``, oriented so + means failing."""
+        stats = self.signals[name]
+        std = stats.std if stats.std > 0 else 1.0
+        return stats.direction * (value - stats.mean) / std
+
+    def score(self, values: dict[str, SignalValue]) -> float | None:
+        """Combine the weighted z-scores; ``None`` if a weighted signal is missing."""
+        total = self.bias
+        for name, weight in self.weights.items():
+            value = values.get(name)
+            if value is None:
+                return None
+            total += weight * self.zscore(name, value)
+        return total
+
+    def check_models(self, srm: str, lrm: str | None = None) -> None:
+        """Refuse a calibration fitted for other models (identities compare exactly)."""
+        if self.models.get("srm") not in (None, srm):
+            raise CalibrationError(
+                f"calibration was fitted for SRM {self.models['srm']!r}, not {srm!r}"
+            )
+        if lrm is not None and self.models.get("lrm") not in (None, lrm):
+            raise CalibrationError(
+                f"calibration was fitted for LRM {self.models['lrm']!r}, not {lrm!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-native dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        """Validate and build a calibration from a dict; errors name the bad key."""
+        if not isinstance(data, dict):
+            raise CalibrationError("calibration file must hold a JSON object")
+        version = data.get("version")
+        if version != CALIBRATION_VERSION:
+            raise CalibrationError(
+                f"calibration version {version!r} is not supported (expected {CALIBRATION_VERSION})"
+            )
+        try:
+            signals = {name: SignalStats(**stats) for name, stats in dict(data["signals"]).items()}
+            weights = {str(k): float(v) for k, v in dict(data["weights"]).items()}
+            cal = cls(
+                models={str(k): str(v) for k, v in dict(data["models"]).items()},
+                signals=signals,
+                weights=weights,
+                threshold=float(data["threshold"]),
+                bias=float(data.get("bias", 0.0)),
+                target_escalation_rate=data.get("target_escalation_rate"),
+                reflection_streak=int(data.get("reflection_streak", 3)),
+                notes=str(data.get("notes", "")),
+            )
+        except KeyError as exc:
+            raise CalibrationError(f"calibration file is missing key {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise CalibrationError(f"calibration file is malformed: {exc}") from None
+        unknown = [n for n in [*signals, *weights] if n not in SIGNALS]
+        if unknown:
+            raise CalibrationError(f"calibration names unknown signal(s) {unknown}")
+        missing = [n for n in weights if n not in signals]
+        if missing:
+            raise CalibrationError(f"calibration weights name signal(s) without stats: {missing}")
+        return cal
+
+    def save(self, path: str | Path) -> None:
+        """Write the calibration as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Calibration:
+        """Read a calibration JSON file; errors name the file."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CalibrationError(f"calibration file not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise CalibrationError(f"calibration file {path} is not valid JSON: {exc}") from None
+        try:
+            return cls.from_dict(data)
+        except CalibrationError as exc:
+            raise CalibrationError(f"{path}: {exc}") from None

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The README's test command: install what is missing, then ruff, mypy and pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# An unpinned torch would pull a multi-GB CUDA build; these machines have the CPU 2.13.0 wheel.
+python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[dev]"
+
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+
+echo "== ruff"; ruff check .
+echo "== mypy"; mypy
+echo "== pytest"; python -m pytest "$@"
