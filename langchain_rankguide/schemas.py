@@ -191,19 +191,31 @@ def _rank_specs(prefix: str, what: str, needs: str) -> list[SignalSpec]:
     return [
         SignalSpec(f"{prefix}.energy", f"energy rank (eta) of {what}", needs, (0.0, None), 0),
         SignalSpec(
-            f"{prefix}.energy_norm", f"energy rank of {what} / min(n, d)", needs, (0.0, 1.0)
+            f"{prefix}.energy_norm",
+            f"energy rank of {what} / max attainable rank",
+            needs,
+            (0.0, 1.0),
         ),
         SignalSpec(f"{prefix}.numerical", f"numerical rank (s_i > eps*s_1) of {what}", needs),
         SignalSpec(
-            f"{prefix}.numerical_norm", f"numerical rank of {what} / min(n, d)", needs, (0.0, 1.0)
+            f"{prefix}.numerical_norm",
+            f"numerical rank of {what} / max attainable rank",
+            needs,
+            (0.0, 1.0),
         ),
         SignalSpec(f"{prefix}.effective", f"effective rank exp(H(s/sum s)) of {what}", needs),
         SignalSpec(
-            f"{prefix}.effective_norm", f"effective rank of {what} / min(n, d)", needs, (0.0, 1.0)
+            f"{prefix}.effective_norm",
+            f"effective rank of {what} / max attainable rank",
+            needs,
+            (0.0, 1.0),
         ),
         SignalSpec(f"{prefix}.stable", f"stable rank sum s^2 / s_1^2 of {what}", needs),
         SignalSpec(
-            f"{prefix}.stable_norm", f"stable rank of {what} / min(n, d)", needs, (0.0, 1.0)
+            f"{prefix}.stable_norm",
+            f"stable rank of {what} / max attainable rank",
+            needs,
+            (0.0, 1.0),
         ),
     ]
 
@@ -217,7 +229,12 @@ def _build_registry() -> dict[str, SignalSpec]:
             "token-mode energy rank of the L x n x d step tensor (HOSVD)",
             "multi_layer",
         ),
-        SignalSpec("rank.tensor_norm", "rank.tensor / min(n, L*d)", "multi_layer", (0.0, 1.0)),
+        SignalSpec(
+            "rank.tensor_norm",
+            "rank.tensor / max attainable rank (min(n-1, L*d) centred)",
+            "multi_layer",
+            (0.0, 1.0),
+        ),
         SignalSpec(
             "rank.cross_step",
             "energy rank of the last W step-opening states (W x d)",
@@ -226,7 +243,11 @@ def _build_registry() -> dict[str, SignalSpec]:
             -1,
         ),
         SignalSpec(
-            "rank.cross_step_norm", "rank.cross_step / min(W, d)", "opening_states", (0.0, 1.0), -1
+            "rank.cross_step_norm",
+            "rank.cross_step / max attainable rank (min(W-1, d) centred)",
+            "opening_states",
+            (0.0, 1.0),
+            -1,
         ),
         SignalSpec(
             "entropy.first_token",
@@ -317,7 +338,11 @@ class Calibration:
     """A versioned calibration file: statistics, router weights and threshold for a model pair.
 
     ``score = bias + sum_i weights[i] * z_i`` over the z-scored signals; a step escalates when
-    ``score >= threshold``. The file records the model identities it was fitted for; using it
+    ``score >= threshold``. ``failure_thresholds`` holds the entropy cut-offs of the failure-mode
+    rules (``uncertainty_entropy``, ``overconfidence_entropy``: the 75th and 25th percentiles of
+    first-token entropy on the calibration split); ``policy_thresholds`` the fitted thresholds of
+    the baseline policies (``entropy``, ``rank``) at the same target escalation rate.
+    The file records the model identities it was fitted for; using it
     with other models is refused unless explicitly allowed.
 
     Example:
@@ -335,6 +360,8 @@ class Calibration:
     bias: float = 0.0
     target_escalation_rate: float | None = None
     reflection_streak: int = 3
+    failure_thresholds: dict[str, float] = field(default_factory=dict)
+    policy_thresholds: dict[str, float] = field(default_factory=dict)
     notes: str = ""
     version: int = CALIBRATION_VERSION
 
@@ -390,6 +417,12 @@ class Calibration:
                 bias=float(data.get("bias", 0.0)),
                 target_escalation_rate=data.get("target_escalation_rate"),
                 reflection_streak=int(data.get("reflection_streak", 3)),
+                failure_thresholds={
+                    str(k): float(v) for k, v in dict(data.get("failure_thresholds", {})).items()
+                },
+                policy_thresholds={
+                    str(k): float(v) for k, v in dict(data.get("policy_thresholds", {})).items()
+                },
                 notes=str(data.get("notes", "")),
             )
         except KeyError as exc:
