@@ -1,0 +1,184 @@
+"""The LRM side of a collaboration: one interface, a local Hugging Face implementation.
+
+Models exchange *text*, so the LRM need not share the SRM's tokenizer: each backend renders
+its own prompt with its own chat template and keeps its own context of the committed trace.
+The remote (OpenAI-compatible HTTP) backend implements the same :class:`LRMBackend`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from langchain_rankguide.engine import LoadedModel, StepEngine, StepSettings
+from langchain_rankguide.engine.sampling import SamplingSettings
+from langchain_rankguide.engine.text import encode_continuation
+from langchain_rankguide.schemas import FinishReason, StepRecord, Usage
+
+JUDGE_PROMPT = "\n\nRate the last step from 0 (wrong) to 9 (certainly right). Score: "
+"""Appended (never committed) when the LRM scores an SRM step with one token (SpecReason)."""
+
+
+@dataclass
+class WrittenStep:
+    """A step the LRM wrote.
+
+    Attributes:
+        text: the step text, ending at the delimiter end (or end marker / EOS).
+        token_ids: its ids in the LRM's tokenizer (empty when a remote server does not say).
+        tokens: number of generated tokens.
+        finish_reason: why generation stopped.
+        latency_s: wall time, retries included.
+    """
+
+    text: str
+    token_ids: list[int]
+    tokens: int
+    finish_reason: FinishReason
+    latency_s: float
+
+
+@runtime_checkable
+class LRMBackend(Protocol):
+    """What the collaboration needs from an LRM, local or remote."""
+
+    identity: str
+    usage: Usage
+
+    def begin(
+        self, prompt_messages: list[dict[str, Any]], committed: Sequence[StepRecord] = ()
+    ) -> None:
+        """Start (or resume) a run from chat messages and the steps committed so far."""
+        ...
+
+    def observe(self, text: str) -> None:
+        """Add a step the SRM wrote to the LRM's context (it may defer the work)."""
+        ...
+
+    def write_step(self, *, max_new_tokens: int, answer_phase: bool = False) -> WrittenStep:
+        """Write the next step after the committed trace and commit it to the LRM's context."""
+        ...
+
+    def judge(self, step_text: str) -> int | None:
+        """Score ``step_text`` (not committed) 0-9 with one token; ``None`` if unreadable."""
+        ...
+
+    def close(self) -> None:
+        """Release the run's resources (caches, connections)."""
+        ...
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, Any]], **template_kwargs: Any) -> str:
+    """Render chat messages with the tokenizer's chat template, ready for the assistant turn.
+
+    A trailing assistant message is continued rather than closed, so a partial answer can
+    be resumed.
+    """
+    continuing = bool(messages) and messages[-1].get("role") == "assistant"
+    return str(
+        tokenizer.apply_chat_template(
+            messages,
+            tokenize=False,
+            add_generation_prompt=not continuing,
+            continue_final_message=continuing,
+            **template_kwargs,
+        )
+    )
+
+
+class LocalLRM:
+    """An LRM on a local Hugging Face model, running steps through the same step engine.
+
+    Steps the SRM wrote are queued and prefilled in one forward pass just before the LRM next
+    writes, so a run in which the LRM never writes never runs it.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        settings: StepSettings,
+        sampling: SamplingSettings | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.identity = loaded.identity
+        self.engine = StepEngine(loaded, role="lrm", settings=settings, sampling=sampling)
+        self.template_kwargs = dict(chat_template_kwargs or {})
+        self._pending: list[list[int]] = []
+        self._started = False
+        self._prompt_ids: list[int] = []
+
+    @property
+    def usage(self) -> Usage:
+        """Tokens this LRM prefilled and decoded in the run."""
+        return self.engine.usage
+
+    def begin(
+        self, prompt_messages: list[dict[str, Any]], committed: Sequence[StepRecord] = ()
+    ) -> None:
+        """Remember the prompt; the model runs only when the LRM first writes or judges.
+
+        Steps of a resumed run are restored from the ids the LRM's cache held (its own steps
+        as it generated them), so the resumed run continues exactly as the original.
+        """
+        prompt = render_prompt(self.loaded.tokenizer, prompt_messages, **self.template_kwargs)
+        self._prompt_ids = list(self.loaded.tokenizer.encode(prompt, add_special_tokens=False))
+        self._pending = [
+            list(rec.token_ids.get("lrm") or self._encode(rec.text)) for rec in committed
+        ]
+        self._started = False
+
+    def _encode(self, text: str) -> list[int]:
+        return encode_continuation(self.loaded.tokenizer, text)
+
+    def observe(self, text: str) -> None:
+        """Queue a committed SRM step."""
+        self._pending.append(self._encode(text))
+
+    def _catch_up(self) -> None:
+        if not self._started:
+            self.engine.start_ids(self._prompt_ids)
+            self._started = True
+        if self._pending:
+            # All queued steps are prefilled in one forward pass.
+            self.engine.sync_ids([*self.engine.ids, *(i for ids in self._pending for i in ids)])
+            self.engine.steps_committed += len(self._pending)
+            self._pending.clear()
+
+    def write_step(self, *, max_new_tokens: int, answer_phase: bool = False) -> WrittenStep:
+        """Draft and commit one step on the LRM."""
+        started = time.perf_counter()
+        self._catch_up()
+        draft = self.engine.draft_step(
+            max_new_tokens=max_new_tokens, stop_at_delimiter=not answer_phase
+        )
+        ids = self.engine.commit(draft)
+        return WrittenStep(
+            text=draft.text,
+            token_ids=ids,
+            tokens=draft.n_tokens,
+            finish_reason=draft.finish_reason,
+            latency_s=time.perf_counter() - started,
+        )
+
+    def judge(self, step_text: str) -> int | None:
+        """Read the LRM's most likely digit after the step and a scoring question."""
+        self._catch_up()
+        logprobs = self.engine.peek_logprobs(step_text + JUDGE_PROMPT)
+        best: tuple[float, int] | None = None
+        for digit in range(10):
+            ids = encode_continuation(self.loaded.tokenizer, str(digit))
+            if len(ids) != 1:
+                continue
+            value = float(logprobs[ids[0]])
+            if math.isfinite(value) and (best is None or value > best[0]):
+                best = (value, digit)
+        return None if best is None else best[1]
+
+    def close(self) -> None:
+        """Drop the KV cache."""
+        self.engine.reset()
