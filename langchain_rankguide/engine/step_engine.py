@@ -142,6 +142,16 @@ class StepDraft:
         """Entropy (nats) of the first token's distribution."""
         return float(self.token_entropies[0]) if self.token_entropies.numel() else float("nan")
 
+    def committed_ids(self, tokenizer: Any) -> list[int]:
+        """The step's ids as the cache holds them once committed (carried text re-encoded).
+
+        Lets a resumed run restore an accepted draft exactly, without the live draft.
+        """
+        if self.carried_text:
+            remainder = self.text[self._kept_text_len :]
+            return [*self._kept_ids, *encode_continuation(tokenizer, remainder)]
+        return list(self.token_ids)
+
     @property
     def ends_trace(self) -> bool:
         """``True`` if the draft stopped at EOS or an end marker."""
@@ -375,7 +385,11 @@ class StepEngine:
     # ------------------------------------------------------------------ steps
 
     def draft_step(
-        self, *, max_new_tokens: int | None = None, step_index: int | None = None
+        self,
+        *,
+        max_new_tokens: int | None = None,
+        step_index: int | None = None,
+        stop_at_delimiter: bool = True,
     ) -> StepDraft:
         """Generate one step after the committed text; the cache then holds it until commit/discard.
 
@@ -383,6 +397,8 @@ class StepEngine:
             max_new_tokens: cap for this step (default ``settings.max_step_tokens``); the graph
                 passes the remaining thinking budget when it is smaller.
             step_index: the step's index in the run (default: number of committed steps).
+            stop_at_delimiter: ``False`` for a final answer after the end of thinking, which
+                runs to EOS or the cap even across blank lines.
         """
         if self.finished:
             raise EngineError("the trace has ended (EOS or end marker); start a new run")
@@ -400,7 +416,7 @@ class StepEngine:
                 step_seed(self.sampling.seed, index, self.role)
             )
         detok = IncrementalDetokenizer(self.tokenizer, context_ids=self.ids)
-        markers = (settings.delimiter, *settings.end_markers)
+        markers = (*((settings.delimiter,) if stop_at_delimiter else ()), *settings.end_markers)
         logprobs = self.next_logprobs()
         first_logprobs = logprobs
         token_ids: list[int] = []
@@ -495,9 +511,7 @@ class StepEngine:
             self._finish_commit(start)
             return [*self.ids[start:], draft.token_ids[-1]]
         if draft.carried_text:
-            remainder = draft.text[draft._kept_text_len :]
-            kept = self.ids[:start] + draft._kept_ids
-            self.sync_ids(kept + encode_continuation(self.tokenizer, remainder))
+            self.sync_ids(self.ids[:start] + draft.committed_ids(self.tokenizer))
         if draft.finish_reason == "end_marker":
             self.finished = True
         self._finish_commit(start)
