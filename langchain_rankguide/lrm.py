@@ -46,7 +46,11 @@ class LRMBackend(Protocol):
     """What the collaboration needs from an LRM, local or remote."""
 
     identity: str
-    usage: Usage
+
+    @property
+    def usage(self) -> Usage:
+        """Tokens the LRM prefilled and decoded in this run."""
+        ...
 
     def begin(
         self, prompt_messages: list[dict[str, Any]], committed: Sequence[StepRecord] = ()

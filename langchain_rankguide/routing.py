@@ -184,8 +184,8 @@ class EntropyRouter(Router):
 
     @property
     def signals(self) -> tuple[str, ...]:
-        """None after drafting: the decision is made before."""
-        return ()
+        """The first-token signals, so a drafted step is judged by the same rule."""
+        return self.probe_signals
 
     def decide_before(self, ctx: StepContext) -> RouteDecision:
         """Escalate when the top-20 entropy of the step's first token is at/above the threshold."""

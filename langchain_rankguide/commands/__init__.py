@@ -1,0 +1,1 @@
+"""Sub-commands of the ``rankguide`` CLI, one module each."""

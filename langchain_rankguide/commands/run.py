@@ -1,0 +1,144 @@
+"""``rankguide run``: solve one question with the SRM and LRM, showing each step as it lands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import uuid
+from typing import Any
+
+from langchain_rankguide.errors import RankGuideError
+
+DEMO_QUESTION = "Start at 72. Subtract 39, then add 14, then multiply by 2. What is the result?"
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``run`` sub-command."""
+    parser = subparsers.add_parser(
+        "run",
+        help="solve a question with the SRM and LRM collaborating step by step",
+        description="Solve QUESTION; with no --config the embedded demo models are used.",
+    )
+    parser.add_argument(
+        "question", nargs="?", default=None, help="the question (default: a demo problem)"
+    )
+    parser.add_argument("--config", help="YAML configuration (default: the embedded demo)")
+    parser.add_argument(
+        "--policy",
+        help="routing policy (rankguide, rank, entropy, specreason, keyword, random, srm, lrm)",
+    )
+    parser.add_argument("--threshold", type=float, help="router threshold override")
+    parser.add_argument("--seed", type=int, help="run seed (sampling and the random policy)")
+    steer = parser.add_mutually_exclusive_group()
+    steer.add_argument("--steer", metavar="FILE", help="apply this steering vector to the SRM")
+    steer.add_argument("--no-steer", action="store_true", help="switch steering off")
+    parser.add_argument(
+        "--checkpoint", metavar="SQLITE", help="make the run durable in this SQLite file"
+    )
+    parser.add_argument("--thread-id", help="run id in the checkpoint (resume an interrupted run)")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of a live trace"
+    )
+    parser.set_defaults(handler=run_command)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if args.policy:
+        overrides["routing.policy"] = args.policy
+    if args.steer:
+        overrides["steering.enabled"] = True
+        overrides["steering.vector"] = args.steer
+    if args.no_steer:
+        overrides["steering.enabled"] = False
+    return overrides
+
+
+def result_json(state: dict[str, Any], wall_s: float) -> dict[str, Any]:
+    """The documented ``--json`` object from a finished graph state."""
+    steps = [
+        {
+            "author": s["author"],
+            "text": s["text"],
+            "tokens": s["tokens"],
+            "signals": s["signals"],
+            "escalated": s["escalated"],
+            "failure_mode": s["failure_mode"],
+            "latency_s": s["latency_s"],
+            "decision": s["decision"],
+            "reason": s["reason"],
+            "fallback": s.get("fallback"),
+        }
+        for s in state.get("steps", [])
+    ]
+    usage = state.get("usage") or {}
+    return {
+        "answer": state.get("answer"),
+        "answer_author": state.get("answer_author"),
+        "correct": state.get("correct"),
+        "stop_reason": state.get("stop_reason"),
+        "steps": steps,
+        "usage": {
+            m: usage.get(m, {"prefill_tokens": 0, "decode_tokens": 0}) for m in ("srm", "lrm")
+        },
+        "latency_s": wall_s,
+    }
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the collaboration on one question and print the trace or a JSON object."""
+    from langchain_rankguide.config import load_config
+    from langchain_rankguide.graph import build_graph
+
+    question = args.question if args.question is not None else DEMO_QUESTION
+    if not question.strip():
+        raise RankGuideError("the question is empty")
+    config = load_config(args.config, overrides=_overrides(args))
+    checkpointer = None
+    if args.checkpoint or config.checkpoint.sqlite_path:
+        checkpointer = _sqlite_saver(args.checkpoint or str(config.checkpoint.sqlite_path))
+    graph = build_graph(config, checkpointer=checkpointer)
+    configurable: dict[str, Any] = {"thread_id": args.thread_id or uuid.uuid4().hex}
+    if args.threshold is not None:
+        configurable["threshold"] = args.threshold
+    if args.seed is not None:
+        configurable["seed"] = args.seed
+    run_config = {"configurable": configurable}
+    resume = checkpointer is not None and args.thread_id and graph.get_state(run_config).next
+    graph_input = None if resume else {"question": question}
+    from langchain_rankguide.pipeline import RunOptions
+
+    # Loading weights is start-up, not run latency.
+    graph.pipeline.warm_up(RunOptions(policy=args.policy))
+    started = time.perf_counter()
+    if args.json:
+        state = graph.invoke(graph_input, run_config)
+        print(json.dumps(result_json(state, time.perf_counter() - started), allow_nan=False))
+        return 0
+    from langchain_rankguide.commands.render import TraceRenderer
+
+    renderer = TraceRenderer()
+    renderer.header(question, config, graph.pipeline, configurable)
+    state = {}
+    for mode, event in graph.stream(graph_input, run_config, stream_mode=["custom", "values"]):
+        if mode == "custom" and event.get("type") == "rankguide.step":
+            renderer.step(event["step"])
+        elif mode == "values":
+            state = event
+    renderer.summary(state, time.perf_counter() - started)
+    return 0
+
+
+def _sqlite_saver(path: str) -> Any:
+    import sqlite3
+
+    try:
+        from langgraph.checkpoint.sqlite import SqliteSaver
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise RankGuideError("durable runs need langgraph-checkpoint-sqlite") from exc
+    try:
+        connection = sqlite3.connect(path, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise RankGuideError(f"cannot open checkpoint database {path}: {exc}") from None
+    return SqliteSaver(connection)

@@ -1,0 +1,570 @@
+"""One collaboration run, step by step: SRM draft, guard, LRM step, answer.
+
+:class:`RankGuidePipeline` turns a configuration into models (loaded once through the shared
+registry), a router and prompts. :class:`RunSession` holds one run's engines and implements
+each stage on JSON-native inputs and outputs, so the LangGraph nodes, the chat models, the CLI
+and the benchmarks all run steps through this one code path. Sessions live outside graph
+state (tensors and caches are not checkpointed) and are rebuilt from the committed step
+records when a run resumes in a new process.
+
+Example:
+    >>> from langchain_rankguide.config import load_config
+    >>> pipeline = RankGuidePipeline(load_config())  # doctest: +SKIP
+    >>> result = pipeline.solve("Start at 72. Subtract 39. What is the result?")  # doctest: +SKIP
+    >>> result["answer"]  # doctest: +SKIP
+    '38'
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from langchain_rankguide.engine import (
+    MODELS,
+    CaptureSettings,
+    LoadedModel,
+    ModelRegistry,
+    SamplingSettings,
+    StepDraft,
+    StepEngine,
+    StepSettings,
+)
+from langchain_rankguide.engine.text import encode_continuation
+from langchain_rankguide.errors import RankGuideError
+from langchain_rankguide.lrm import LocalLRM, LRMBackend, WrittenStep, render_prompt
+from langchain_rankguide.routing import (
+    RouteDecision,
+    Router,
+    StepContext,
+    build_router,
+)
+from langchain_rankguide.schemas import (
+    SIGNALS,
+    Calibration,
+    StepRecord,
+    Usage,
+    empty_usage,
+)
+from langchain_rankguide.signals import (
+    ReflectionRules,
+    SignalInputs,
+    SignalSettings,
+    compute_signals,
+    required_captures,
+)
+
+if TYPE_CHECKING:
+    from langchain_rankguide.config import RankGuideConfig
+
+
+class LRMFailure(RankGuideError):
+    """The LRM could not write a step and the failure policy is ``fail``."""
+
+
+def demo_calibration_path() -> Path:
+    """Path of the calibration file shipped for the demo pair."""
+    return Path(
+        str(importlib.resources.files("langchain_rankguide") / "defaults" / "demo_calibration.json")
+    )
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Per-run overrides (LangGraph ``configurable`` keys of the same names)."""
+
+    policy: str | None = None
+    threshold: float | None = None
+    seed: int | None = None
+    steering: bool | None = None
+    steering_vector: str | None = None
+    steering_scale: float | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None) -> RunOptions:
+        """Pick the known keys from a LangGraph ``configurable`` mapping."""
+        data = data or {}
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if data.get(k) is not None})
+
+
+class RankGuidePipeline:
+    """Models, router and prompts built from a configuration; a factory of :class:`RunSession`.
+
+    Args:
+        config: the validated configuration.
+        registry: where models are loaded and shared (the process-wide one by default).
+    """
+
+    def __init__(self, config: RankGuideConfig, *, registry: ModelRegistry = MODELS) -> None:
+        self.config = config
+        self.registry = registry
+        self._sessions: dict[str, RunSession] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ shared parts
+
+    @property
+    def srm(self) -> LoadedModel:
+        """The SRM, loaded on first use."""
+        cfg = self.config.srm
+        return self.registry.get(
+            cfg.model,
+            dtype=cfg.dtype,
+            device=cfg.device,
+            threads=cfg.threads,
+            trust_remote_code=cfg.trust_remote_code,
+        )
+
+    def lrm_loaded(self) -> LoadedModel:
+        """The local LRM model, loaded on first use (``hf_local`` provider only)."""
+        cfg = self.config.lrm
+        if cfg.provider != "hf_local":
+            raise RankGuideError("the LRM is remote; there is no local LRM model")
+        return self.registry.get(
+            cfg.model,
+            dtype=cfg.dtype,
+            device=cfg.device,
+            threads=cfg.threads,
+            trust_remote_code=cfg.trust_remote_code,
+        )
+
+    @property
+    def lrm_identity(self) -> str:
+        """Name of the LRM for records and model names."""
+        cfg = self.config.lrm
+        if cfg.provider == "hf_local":
+            from langchain_rankguide.engine import resolve_model_source
+
+            return resolve_model_source(cfg.model)[1]
+        return str(cfg.model)
+
+    @cached_property
+    def calibration(self) -> Calibration | None:
+        """The routing calibration named by the configuration, if any."""
+        name = self.config.routing.calibration
+        if name is None:
+            return None
+        path = demo_calibration_path() if name == "demo" else Path(name)
+        return Calibration.load(path)
+
+    @property
+    def step_settings(self) -> StepSettings:
+        """Where steps end, from the configuration."""
+        steps = self.config.steps
+        markers = list(steps.end_markers)
+        if self.config.prompt.thinking_end and self.config.prompt.thinking_end not in markers:
+            markers.append(self.config.prompt.thinking_end)
+        return StepSettings(
+            delimiter=steps.delimiter,
+            max_step_tokens=steps.max_step_tokens,
+            end_markers=tuple(markers),
+        )
+
+    def sampling(self, options: RunOptions) -> SamplingSettings:
+        """Sampling settings with the run's seed."""
+        cfg = self.config.sampling
+        seed = cfg.seed if options.seed is None else options.seed
+        return SamplingSettings(
+            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=seed
+        )
+
+    def router(self, options: RunOptions) -> Router:
+        """Build the router for a run (policy, threshold and seed may be overridden)."""
+        routing = self.config.routing
+        policy = options.policy or routing.policy
+        calibration = self.calibration
+        if calibration is not None and policy in ("rankguide", "rank"):
+            calibration.check_models(self.srm_identity)
+        return build_router(
+            policy,
+            calibration=calibration,
+            threshold=options.threshold if options.threshold is not None else routing.threshold,
+            rank_signal=routing.rank_signal,
+            random_rate=routing.random_rate,
+            specreason_accept=routing.specreason_accept,
+            revalidation_streak=routing.revalidation_streak,
+            seed=routing.seed if options.seed is None else options.seed,
+        )
+
+    @property
+    def srm_identity(self) -> str:
+        """Name of the SRM for records and model names (no loading needed)."""
+        from langchain_rankguide.engine import resolve_model_source
+
+        return resolve_model_source(self.config.srm.model)[1]
+
+    @property
+    def signal_settings(self) -> SignalSettings:
+        """How signals are computed, from the configuration."""
+        cfg = self.config.signals
+        reflection = (
+            ReflectionRules(cues=tuple(cfg.reflection_cues))
+            if cfg.reflection_cues is not None
+            else ReflectionRules()
+        )
+        return SignalSettings(
+            eta=cfg.energy_eta, eps=cfg.numerical_eps, centre=cfg.centre, reflection=reflection
+        )
+
+    def messages(self, question: str) -> list[dict[str, Any]]:
+        """The chat messages of a question, as configured (system prompt, step instruction)."""
+        prompt = self.config.prompt
+        system = "\n\n".join(p for p in (prompt.system, prompt.step_instruction) if p)
+        messages: list[dict[str, Any]] = []
+        if system:
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user", "content": prompt.user_template.format(question=question)})
+        return messages
+
+    def make_lrm(self, options: RunOptions) -> LRMBackend:
+        """A fresh LRM backend for one run."""
+        cfg = self.config.lrm
+        if cfg.provider == "hf_local":
+            return LocalLRM(
+                self.lrm_loaded(),
+                settings=self.step_settings,
+                sampling=self.sampling(options),
+                chat_template_kwargs=self.config.prompt.chat_template_kwargs,
+            )
+        from langchain_rankguide.remote import RemoteLRM
+
+        return RemoteLRM(
+            cfg,
+            delimiter=self.config.steps.delimiter,
+            max_step_tokens=self.config.steps.max_step_tokens,
+            end_markers=self.step_settings.end_markers,
+        )
+
+    def warm_up(self, options: RunOptions) -> None:
+        """Load the models a run will use, so loading time never counts as step latency."""
+        policy = options.policy or self.config.routing.policy
+        if policy != "lrm":
+            _ = self.srm
+        if policy != "srm" and self.config.lrm.provider == "hf_local":
+            self.lrm_loaded()
+
+    # ------------------------------------------------------------------ sessions
+
+    def session(
+        self,
+        run_id: str,
+        messages: list[dict[str, Any]],
+        committed: Sequence[StepRecord],
+        options: RunOptions,
+    ) -> RunSession:
+        """Return the live session of a run, creating or rebuilding it if needed.
+
+        A session whose committed-step count differs from ``committed`` (a resume in another
+        process, or state rewound through a checkpoint) is rebuilt from the records.
+        """
+        with self._lock:
+            session = self._sessions.get(run_id)
+            if session is not None and session.matches(committed, options):
+                return session
+            if session is not None:
+                session.close()
+            session = RunSession(self, messages, options)
+            session.restore(committed)
+            self._sessions[run_id] = session
+            return session
+
+    def end_session(self, run_id: str) -> None:
+        """Evict a finished run's caches."""
+        with self._lock:
+            session = self._sessions.pop(run_id, None)
+        if session is not None:
+            session.close()
+
+    def solve(self, question: str, **options: Any) -> dict[str, Any]:
+        """Run the collaboration on one question without a graph; return the final state."""
+        from langchain_rankguide.graph import build_graph
+
+        graph = build_graph(self)
+        return dict(graph.invoke({"question": question}, {"configurable": options}))
+
+
+@dataclass
+class PendingStep:
+    """An SRM draft awaiting the guard (JSON-native, stored in graph state).
+
+    ``srm_ids`` are the ids the SRM cache holds if the draft is accepted, so a run resumed
+    between draft and guard restores it exactly.
+    """
+
+    index: int
+    text: str
+    srm_ids: list[int]
+    tokens: int
+    finish_reason: str
+    signals: dict[str, float | None]
+    signal_notes: dict[str, str]
+    latency_s: float
+    is_answer: bool
+    answer_phase: bool = False
+    pre_decision: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-native form."""
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PendingStep:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**dict(data))
+
+
+@dataclass
+class RunSession:
+    """One run's engines: the SRM step engine and the LRM backend, kept in step with the trace."""
+
+    pipeline: RankGuidePipeline
+    messages: list[dict[str, Any]]
+    options: RunOptions
+    router: Router = field(init=False)
+    _srm: StepEngine | None = field(default=None, init=False)
+    _lrm: LRMBackend | None = field(default=None, init=False)
+    _srm_pending: list[list[int]] = field(default_factory=list, init=False)
+    _srm_prompt_ids: list[int] = field(default_factory=list, init=False)
+    _live_draft: StepDraft | None = field(default=None, init=False)
+    committed_count: int = field(default=0, init=False)
+    _committed_records: list[StepRecord] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        self.router = self.pipeline.router(self.options)
+
+    # ------------------------------------------------------------------ set-up
+
+    @cached_property
+    def signal_names(self) -> tuple[str, ...]:
+        """Signals computed after each draft: the router's, plus extras or every one."""
+        cfg = self.pipeline.config.signals
+        if cfg.diagnostics:
+            return tuple(SIGNALS)
+        return tuple(dict.fromkeys([*self.router.signals, *cfg.extra]))
+
+    def _capture(self) -> CaptureSettings:
+        needs = required_captures(self.signal_names) if self.signal_names else set()
+        if not needs & {"step_hidden", "window_hidden", "multi_layer", "opening_states"}:
+            return CaptureSettings()
+        loaded = self.pipeline.srm
+        layers = self.pipeline.config.srm.signal_layers or [loaded.num_layers // 2]
+        cfg = self.pipeline.config.signals
+        return CaptureSettings(
+            layers=tuple(layers),
+            step_hidden=bool(needs & {"step_hidden", "multi_layer"}),
+            window=cfg.window if "window_hidden" in needs else 0,
+            opening_states=cfg.cross_step_window if "opening_states" in needs else 0,
+        )
+
+    @property
+    def srm_engine(self) -> StepEngine:
+        """The SRM engine, created on first use and caught up with the committed trace."""
+        if self._srm is None:
+            loaded = self.pipeline.srm
+            self._srm = StepEngine(
+                loaded,
+                role="srm",
+                settings=self.pipeline.step_settings,
+                capture=self._capture(),
+                sampling=self.pipeline.sampling(self.options),
+                interventions=self._interventions(loaded),
+            )
+            prompt = render_prompt(
+                loaded.tokenizer, self.messages, **self.pipeline.config.prompt.chat_template_kwargs
+            )
+            prompt += self.pipeline.config.prompt.assistant_prefix
+            self._srm_prompt_ids = list(loaded.tokenizer.encode(prompt, add_special_tokens=False))
+            self._srm.start_ids(self._srm_prompt_ids, self._srm_pending)
+            self._srm_pending = []
+        elif self._srm_pending:
+            engine = self._srm
+            engine.sync_ids([*engine.ids, *(i for ids in self._srm_pending for i in ids)])
+            engine.steps_committed += len(self._srm_pending)
+            self._srm_pending = []
+        return self._srm
+
+    def _interventions(self, loaded: LoadedModel) -> list[Any]:
+        cfg = self.pipeline.config.steering
+        enabled = cfg.enabled if self.options.steering is None else self.options.steering
+        vector_path = self.options.steering_vector or cfg.vector
+        if not enabled or not vector_path:
+            return []
+        from langchain_rankguide.steering import SteeringVector, steering_intervention
+
+        vector = SteeringVector.load(vector_path)
+        scale = cfg.scale if self.options.steering_scale is None else self.options.steering_scale
+        return [
+            steering_intervention(
+                loaded,
+                vector,
+                scale=scale,
+                positions=cfg.positions,
+                delimiter=self.pipeline.config.steps.delimiter,
+            )
+        ]
+
+    @property
+    def lrm(self) -> LRMBackend:
+        """The LRM backend, created on first use."""
+        if self._lrm is None:
+            self._lrm = self.pipeline.make_lrm(self.options)
+            self._lrm.begin(self.messages, self._committed_records)
+        return self._lrm
+
+    def restore(self, committed: Sequence[StepRecord]) -> None:
+        """Queue the committed steps; engines prefill them when they are next used."""
+        loaded_tokenizer = None
+        self._srm_pending = []
+        for record in committed:
+            ids = record.token_ids.get("srm")
+            if ids is None:
+                loaded_tokenizer = loaded_tokenizer or self.pipeline.srm.tokenizer
+                ids = encode_continuation(loaded_tokenizer, record.text)
+            self._srm_pending.append(list(ids))
+        self._committed_records = list(committed)
+        self.committed_count = len(committed)
+
+    def matches(self, committed: Sequence[StepRecord], options: RunOptions) -> bool:
+        """``True`` if this session holds exactly ``committed`` under the same options."""
+        return (
+            options == self.options
+            and self.committed_count == len(committed)
+            and [r.text for r in self._committed_records] == [r.text for r in committed]
+        )
+
+    def close(self) -> None:
+        """Release caches and connections."""
+        if self._lrm is not None:
+            self._lrm.close()
+        self._srm = None
+        self._lrm = None
+        self._live_draft = None
+
+    # ------------------------------------------------------------------ stages
+
+    def usage(self) -> dict[str, Usage]:
+        """Tokens each model prefilled and decoded so far in this process's part of the run."""
+        srm = dict(self._srm.usage) if self._srm is not None else empty_usage()
+        lrm = dict(self._lrm.usage) if self._lrm is not None else empty_usage()
+        return {"srm": srm, "lrm": lrm}  # type: ignore[dict-item]
+
+    def previous_texts(self) -> list[str]:
+        """Texts of the committed steps."""
+        return [r.text for r in self._committed_records]
+
+    def is_answer_text(self, text: str) -> bool:
+        """``True`` if ``text`` opens with a configured answer marker."""
+        stripped = text.lstrip()
+        return any(stripped.startswith(m) for m in self.pipeline.config.steps.answer_markers)
+
+    def probe(self, index: int) -> RouteDecision | None:
+        """Let a pre-step policy decide before the SRM drafts; ``None`` means draft first."""
+        names = self.router.probe_signals
+        signals: dict[str, float | None] = {}
+        notes: dict[str, str] = {}
+        if names:
+            logprobs = self.srm_engine.next_logprobs()
+            signals, notes = compute_signals(
+                names, SignalInputs(first_token_logprobs=logprobs), self.pipeline.signal_settings
+            )
+        return self.router.decide_before(StepContext(index, signals=signals, notes=notes))
+
+    def draft(self, index: int, max_new_tokens: int, *, answer_phase: bool) -> PendingStep:
+        """Draft the next step on the SRM and compute the router's signals for it."""
+        started = time.perf_counter()
+        engine = self.srm_engine
+        draft = engine.draft_step(
+            max_new_tokens=max_new_tokens, step_index=index, stop_at_delimiter=not answer_phase
+        )
+        self._live_draft = draft
+        signals: dict[str, float | None] = {}
+        notes: dict[str, str] = {}
+        if self.signal_names:
+            inputs = SignalInputs(
+                step_hidden=draft.step_hidden,
+                window_hidden=draft.window_hidden,
+                opening_states=draft.opening_states,
+                first_token_logprobs=draft.first_token_logprobs,
+                token_logprobs=draft.token_logprobs,
+                token_entropies=draft.token_entropies,
+                text=draft.text,
+                previous_texts=self.previous_texts(),
+                n_tokens=draft.n_tokens,
+            )
+            signals, notes = compute_signals(
+                self.signal_names, inputs, self.pipeline.signal_settings
+            )
+        return PendingStep(
+            index=index,
+            text=draft.text,
+            srm_ids=draft.committed_ids(engine.tokenizer),
+            tokens=draft.n_tokens,
+            finish_reason=draft.finish_reason,
+            signals=signals,
+            signal_notes=notes,
+            latency_s=time.perf_counter() - started,
+            is_answer=answer_phase or self.is_answer_text(draft.text),
+            answer_phase=answer_phase,
+        )
+
+    def judge(self, text: str) -> int | None:
+        """SpecReason's one-token LRM score of an SRM step."""
+        return self.lrm.judge(text)
+
+    def decide(self, pending: PendingStep) -> RouteDecision:
+        """Ask the router about a drafted step."""
+        ctx = StepContext(
+            step_index=pending.index,
+            text=pending.text,
+            signals=pending.signals,
+            notes=pending.signal_notes,
+            is_answer=pending.is_answer,
+            previous_texts=self.previous_texts(),
+            judge=self.judge,
+        )
+        return self.router.decide(ctx)
+
+    def accept(self, pending: PendingStep) -> list[int]:
+        """Commit the SRM draft; the LRM hears of it lazily."""
+        draft = self._live_draft
+        engine = self.srm_engine
+        if draft is not None and draft.step_index == pending.index and draft.text == pending.text:
+            ids = engine.commit(draft)
+        else:
+            # Resumed between draft and guard: restore the accepted draft from its ids.
+            engine.sync_ids([*engine.ids, *pending.srm_ids])
+            engine.steps_committed += 1
+            ids = list(pending.srm_ids)
+        self._live_draft = None
+        if self._lrm is not None:
+            self._lrm.observe(pending.text)
+        return ids
+
+    def reject(self) -> None:
+        """Drop the live SRM draft (if this process has it)."""
+        if self._live_draft is not None and self._srm is not None:
+            self._srm.discard(self._live_draft)
+        self._live_draft = None
+
+    def lrm_write(self, max_new_tokens: int, *, answer_phase: bool) -> WrittenStep:
+        """Have the LRM write the next step; the SRM hears of it lazily."""
+        return self.lrm.write_step(max_new_tokens=max_new_tokens, answer_phase=answer_phase)
+
+    def record_committed(self, record: StepRecord) -> None:
+        """Note a committed step; an LRM step is queued for the SRM with the ids it will hold."""
+        if record.author == "lrm":
+            ids = self.srm_ids_of(record.text)
+            record.token_ids["srm"] = ids
+            self._srm_pending.append(ids)
+        self._committed_records.append(record)
+        self.committed_count += 1
+
+    def srm_ids_of(self, text: str) -> list[int]:
+        """Encode text the way the SRM engine will prefill it."""
+        return encode_continuation(self.pipeline.srm.tokenizer, text)
