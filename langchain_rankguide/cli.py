@@ -18,6 +18,8 @@ COMMAND_MODULES = (
     "langchain_rankguide.commands.run",
     "langchain_rankguide.commands.config",
     "langchain_rankguide.commands.demo",
+    "langchain_rankguide.commands.calibrate",
+    "langchain_rankguide.commands.steer",
 )
 
 

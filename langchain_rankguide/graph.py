@@ -18,6 +18,7 @@ Per-run overrides go in ``config["configurable"]``: ``policy``, ``threshold``, `
 from __future__ import annotations
 
 import operator
+import re
 import time
 import uuid
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypedDict
@@ -113,12 +114,13 @@ def answer_of(text: str, markers: list[str]) -> str:
 
 def verify_answer(question: str, answer: str | None) -> bool | None:
     """Check an answer with the demo task's verifier when it recognises the question."""
-    from langchain_rankguide.demo.task import extract_answer, parse_problem
+    from langchain_rankguide.demo.task import parse_problem
 
     problem = parse_problem(question)
     if problem is None:
         return None
-    return answer is not None and extract_answer(answer) == problem.answer
+    number = re.search(r"-?\d+", answer or "")
+    return number is not None and int(number.group()) == problem.answer
 
 
 class _Nodes:
