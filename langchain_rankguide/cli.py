@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "langchain_rankguide.commands.demo",
     "langchain_rankguide.commands.calibrate",
     "langchain_rankguide.commands.steer",
+    "langchain_rankguide.commands.bench",
+    "langchain_rankguide.commands.serve",
 )
 
 
