@@ -32,8 +32,8 @@ Decision = Literal["accept", "escalate", "forced"]
 """What the guard did with a step: kept the SRM draft, handed it to the LRM, or a policy forced the
 author (``srm``/``lrm`` policies, budget rules)."""
 
-FinishReason = Literal["delimiter", "end_marker", "eos", "max_tokens", "budget"]
-"""Why a step's generation stopped."""
+FinishReason = Literal["delimiter", "end_marker", "stop", "eos", "max_tokens", "budget"]
+"""Why a step's generation stopped (``stop``: a per-call stop string)."""
 
 SignalValue = float | None
 """A signal's value: a finite float, or ``None`` with a reason recorded beside it."""

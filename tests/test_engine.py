@@ -231,3 +231,30 @@ def test_missing_path_and_uncached_id_are_clear_errors(tmp_path, monkeypatch):
         load_model(str(missing))
     with pytest.raises(ModelLoadError, match="not in the local cache"):
         load_model("someone/not-a-cached-model")
+
+
+def test_streamed_text_equals_the_draft_and_never_passes_the_cut(srm):
+    engine = make_engine(srm)
+    reference = make_engine(srm)
+    for _ in range(5):
+        stream = engine.stream_step()
+        pieces = []
+        while True:
+            try:
+                pieces.append(next(stream))
+            except StopIteration as done:
+                draft = done.value
+                break
+        assert "".join(pieces) == draft.text
+        expected = reference.draft_step()
+        assert draft.token_ids == expected.token_ids
+        engine.commit(draft)
+        reference.commit(expected)
+
+
+def test_per_call_stop_strings_match_on_text(srm):
+    engine = make_engine(srm)
+    draft = engine.draft_step(stop=("12 an",), stop_at_delimiter=False)
+    assert draft.finish_reason == "stop"
+    assert draft.text.endswith("12 an")
+    assert draft.n_tokens > 1  # a multi-token stop string

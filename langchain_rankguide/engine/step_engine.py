@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -390,6 +390,7 @@ class StepEngine:
         max_new_tokens: int | None = None,
         step_index: int | None = None,
         stop_at_delimiter: bool = True,
+        stop: Sequence[str] = (),
     ) -> StepDraft:
         """Generate one step after the committed text; the cache then holds it until commit/discard.
 
@@ -399,6 +400,40 @@ class StepEngine:
             step_index: the step's index in the run (default: number of committed steps).
             stop_at_delimiter: ``False`` for a final answer after the end of thinking, which
                 runs to EOS or the cap even across blank lines.
+            stop: extra stop strings for this call (matched on text; the step ends at the
+                string's end with finish reason ``"stop"``).
+        """
+        stream = self.stream_step(
+            max_new_tokens=max_new_tokens,
+            step_index=step_index,
+            stop_at_delimiter=stop_at_delimiter,
+            stop=stop,
+        )
+        while True:
+            try:
+                next(stream)
+            except StopIteration as done:
+                return cast(StepDraft, done.value)
+
+    def stream_step(
+        self,
+        *,
+        max_new_tokens: int | None = None,
+        step_index: int | None = None,
+        stop_at_delimiter: bool = True,
+        stop: Sequence[str] = (),
+    ) -> Generator[str, None, StepDraft]:
+        """Generate one step, yielding its text as it is released; return the :class:`StepDraft`.
+
+        Text that could be the start of a stop marker is held back until it is known not to
+        be one, so a consumer never sees text past the point where the step ends. Closing
+        the generator early leaves the generated tokens in the cache as an uncommitted draft
+        that cannot be committed; start a new run (or :meth:`sync_ids`) afterwards.
+
+        Example:
+            >>> stream = engine.stream_step(stop_at_delimiter=False)  # doctest: +SKIP
+            >>> for piece in stream:  # doctest: +SKIP
+            ...     print(piece, end="")
         """
         if self.finished:
             raise EngineError("the trace has ended (EOS or end marker); start a new run")
@@ -416,7 +451,9 @@ class StepEngine:
                 step_seed(self.sampling.seed, index, self.role)
             )
         detok = IncrementalDetokenizer(self.tokenizer, context_ids=self.ids)
-        markers = (*((settings.delimiter,) if stop_at_delimiter else ()), *settings.end_markers)
+        delimiters = (settings.delimiter,) if stop_at_delimiter else ()
+        markers = (*delimiters, *settings.end_markers, *stop)
+        hold_back = max((len(m) for m in markers), default=1) - 1
         logprobs = self.next_logprobs()
         first_logprobs = logprobs
         token_ids: list[int] = []
@@ -425,6 +462,7 @@ class StepEngine:
         finish: FinishReason = "max_tokens"
         cut: int | None = None
         scanned = 0
+        released = 0
         while True:
             token = choose_token(
                 logprobs.cpu() if generator else logprobs, self.sampling, generator
@@ -440,7 +478,12 @@ class StepEngine:
             scanned = len(detok.text)
             if found is not None:
                 cut, marker = found
-                finish = "delimiter" if marker == settings.delimiter else "end_marker"
+                if marker in delimiters:
+                    finish = "delimiter"
+                elif marker in settings.end_markers:
+                    finish = "end_marker"
+                else:
+                    finish = "stop"
                 if cut < len(detok.text):
                     break  # the token carried text past the marker: it is never fed
             if found is not None or len(token_ids) >= cap:
@@ -448,7 +491,13 @@ class StepEngine:
                 break
             logits = self._feed([token], count_as="decode_tokens")
             logprobs = torch.log_softmax(logits, dim=-1)
+            safe = len(detok.text) - hold_back
+            if safe > released:
+                yield detok.text[released:safe]
+                released = safe
         text = detok.text if cut is None else detok.text[:cut]
+        if len(text) > released:
+            yield text[released:]
         carried = "" if cut is None else detok.text[cut:]
         fed = len(self.ids) - start_position
         draft = StepDraft(
