@@ -137,11 +137,13 @@ class _Nodes:
         records = [StepRecord.from_dict(s) for s in state.get("steps", [])]
         return self.pipeline.session(state["run_id"], state["messages"], records, options)
 
-    def _budget_left(self, state: RankGuideState) -> int:
-        return self.config.steps.thinking_budget - state.get("generated_tokens", 0)
+    def _budget(self, config: RunnableConfig | None) -> int:
+        override = RunOptions.from_mapping((config or {}).get("configurable")).thinking_budget
+        return override or self.config.steps.thinking_budget
 
-    def _max_new(self, state: RankGuideState) -> int:
-        return max(1, min(self.config.steps.max_step_tokens, self._budget_left(state)))
+    def _max_new(self, state: RankGuideState, config: RunnableConfig) -> int:
+        left = self._budget(config) - state.get("generated_tokens", 0)
+        return max(1, min(self.config.steps.max_step_tokens, left))
 
     def _commit(
         self,
@@ -150,6 +152,7 @@ class _Nodes:
         record: StepRecord,
         usage_before: dict[str, Usage],
         budget: BudgetState,
+        config: RunnableConfig,
     ) -> Command[Any]:
         session.record_committed(record)
         usage_delta = _usage_delta(usage_before, session.usage())
@@ -168,7 +171,9 @@ class _Nodes:
             "hysteresis_left": budget.hysteresis_left,
             "answer_phase": answer_phase,
         }
-        stop = self._stop_reason(record, previous, generated, len(previous) + 1, answer_phase)
+        stop = self._stop_reason(
+            record, previous, generated, len(previous) + 1, answer_phase, self._budget(config)
+        )
         if stop is not None:
             update["stop_reason"] = stop
             return Command(goto="finish", update=update)
@@ -181,6 +186,7 @@ class _Nodes:
         generated: int,
         n_steps: int,
         answer_phase: bool,
+        budget: int,
     ) -> str | None:
         steps = self.config.steps
         if record.is_answer:
@@ -189,7 +195,7 @@ class _Nodes:
             return "eos"
         if record.finish_reason == "end_marker" and not answer_phase:
             return "end_marker"
-        if generated >= steps.thinking_budget:
+        if generated >= budget:
             return "budget"
         if n_steps >= steps.max_steps:
             return "max_steps"
@@ -250,7 +256,7 @@ class _Nodes:
                     "usage": _usage_delta(before, session.usage()),
                 },
             )
-        pending = session.draft(index, self._max_new(state), answer_phase=answer_phase)
+        pending = session.draft(index, self._max_new(state, config), answer_phase=answer_phase)
         pending.latency_s = time.perf_counter() - started
         return Command(
             goto="guard",
@@ -312,7 +318,7 @@ class _Nodes:
             finish_reason=pending.finish_reason,  # type: ignore[arg-type]
             is_answer=pending.is_answer,
         )
-        return self._commit(state, session, record, before, budget)
+        return self._commit(state, session, record, before, budget, config)
 
     def lrm_step(self, state: RankGuideState, config: RunnableConfig) -> Command[Any]:
         """The LRM writes the step (pre-step escalation, or a rejected SRM draft)."""
@@ -336,16 +342,18 @@ class _Nodes:
                 hysteresis=self.config.routing.hysteresis,
             )
             if not routed.escalate:
-                return self._srm_anyway(state, session, pending, routed, budget, before)
+                return self._srm_anyway(state, session, pending, routed, budget, before, config)
         try:
-            written = session.lrm_write(self._max_new(state), answer_phase=pending.answer_phase)
+            written = session.lrm_write(
+                self._max_new(state, config), answer_phase=pending.answer_phase
+            )
         except LRMFailure:
             raise
         except Exception as exc:
             fallback = getattr(exc, "fallback", None)
             if not fallback:
                 raise
-            return self._fallback(state, session, pending, budget, before, str(exc))
+            return self._fallback(state, session, pending, budget, before, config, str(exc))
         text = written.text
         record = StepRecord(
             index=pending.index,
@@ -369,7 +377,7 @@ class _Nodes:
             finish_reason=written.finish_reason,
             is_answer=pending.answer_phase or session.is_answer_text(text),
         )
-        return self._commit(state, session, record, before, budget)
+        return self._commit(state, session, record, before, budget, config)
 
     def _srm_anyway(
         self,
@@ -379,10 +387,11 @@ class _Nodes:
         decision: RouteDecision,
         budget: BudgetState,
         before: dict[str, Usage],
+        config: RunnableConfig,
         fallback: str | None = None,
     ) -> Command[Any]:
         draft = session.draft(
-            pending.index, self._max_new(state), answer_phase=pending.answer_phase
+            pending.index, self._max_new(state, config), answer_phase=pending.answer_phase
         )
         ids = session.accept(draft)
         record = StepRecord(
@@ -403,7 +412,7 @@ class _Nodes:
             is_answer=draft.is_answer,
             fallback=fallback,
         )
-        return self._commit(state, session, record, before, budget)
+        return self._commit(state, session, record, before, budget, config)
 
     def _fallback(
         self,
@@ -412,6 +421,7 @@ class _Nodes:
         pending: PendingStep,
         budget: BudgetState,
         before: dict[str, Usage],
+        config: RunnableConfig,
         why: str,
     ) -> Command[Any]:
         """The LRM failed under ``fallback_srm``: keep (or make) the SRM's draft, marked."""
@@ -424,6 +434,7 @@ class _Nodes:
                 decision,
                 budget,
                 before,
+                config,
                 fallback=f"lrm_unavailable: {why}",
             )
         session._live_draft = None  # the draft was discarded; restore it from its ids
@@ -444,7 +455,7 @@ class _Nodes:
             is_answer=pending.is_answer,
             fallback=f"lrm_unavailable: {why}",
         )
-        return self._commit(state, session, record, before, budget)
+        return self._commit(state, session, record, before, budget, config)
 
     def finish(self, state: RankGuideState, config: RunnableConfig) -> dict[str, Any]:
         """Extract the answer, check it when the task is known, and free the run's engines."""

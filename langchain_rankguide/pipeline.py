@@ -85,6 +85,7 @@ class RunOptions:
     steering: bool | None = None
     steering_vector: str | None = None
     steering_scale: float | None = None
+    thinking_budget: int | None = None
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> RunOptions:
@@ -239,6 +240,8 @@ class RankGuidePipeline:
             delimiter=self.config.steps.delimiter,
             max_step_tokens=self.config.steps.max_step_tokens,
             end_markers=self.step_settings.end_markers,
+            sampling=self.sampling(options),
+            chat_template_kwargs=self.config.prompt.chat_template_kwargs,
         )
 
     def warm_up(self, options: RunOptions) -> None:
@@ -514,8 +517,17 @@ class RunSession:
         )
 
     def judge(self, text: str) -> int | None:
-        """SpecReason's one-token LRM score of an SRM step."""
-        return self.lrm.judge(text)
+        """SpecReason's one-token LRM score of an SRM step (``None`` if the LRM is unavailable).
+
+        An unavailable LRM under ``fallback_srm`` reads as "no score": the step then goes to
+        the LRM, whose failure keeps the SRM draft with the step marked.
+        """
+        try:
+            return self.lrm.judge(text)
+        except RankGuideError as exc:
+            if getattr(exc, "fallback", None):
+                return None
+            raise
 
     def decide(self, pending: PendingStep) -> RouteDecision:
         """Ask the router about a drafted step."""

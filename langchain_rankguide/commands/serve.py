@@ -1,0 +1,90 @@
+"""``rankguide serve``: the pipeline (and each local model) as an OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from langchain_rankguide.errors import RankGuideError
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``serve`` sub-command."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve RankGuide, the SRM and the LRM over an OpenAI-compatible HTTP API",
+        description=(
+            "Serve /v1/models, /v1/chat/completions and /v1/completions for the models "
+            "'rankguide' (the collaboration), 'srm' and 'lrm'. Loopback only unless --host says "
+            "otherwise."
+        ),
+    )
+    parser.add_argument("--config", help="YAML configuration (default: the embedded demo)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    parser.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
+    parser.add_argument(
+        "--api-key-env",
+        metavar="NAME",
+        help="require 'Authorization: Bearer <key>', the key read from this environment variable",
+    )
+    parser.add_argument(
+        "--max-concurrency", type=int, default=1, help="requests generating at once"
+    )
+    parser.add_argument(
+        "--max-queue", type=int, default=32, help="requests allowed to wait (then 429)"
+    )
+    parser.add_argument("--max-tokens", type=int, default=4096, help="largest max_tokens accepted")
+    parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body")
+    parser.add_argument(
+        "--timeout", type=float, default=300.0, help="per-request deadline in seconds"
+    )
+    parser.add_argument("--log-level", default="warning", help="uvicorn log level")
+    parser.set_defaults(handler=serve_command)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """Build the app and run uvicorn until interrupted."""
+    import uvicorn
+    from pydantic import SecretStr
+
+    from langchain_rankguide.config import load_config
+    from langchain_rankguide.server.app import ServerLimits, build_app_from_config
+
+    api_key = None
+    if args.api_key_env:
+        value = os.environ.get(args.api_key_env)
+        if not value:
+            raise RankGuideError(f"--api-key-env names {args.api_key_env}, which is not set")
+        api_key = SecretStr(value)
+    for name in ("max_concurrency", "max_queue", "max_tokens", "max_body_bytes"):
+        if getattr(args, name) < 1:
+            raise RankGuideError(f"--{name.replace('_', '-')} must be >= 1")
+    limits = ServerLimits(
+        max_body_bytes=args.max_body_bytes,
+        max_tokens=args.max_tokens,
+        max_concurrency=args.max_concurrency,
+        max_queue=args.max_queue,
+        request_timeout_s=args.timeout,
+    )
+    app = build_app_from_config(load_config(args.config), limits=limits, api_key=api_key)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
+    server = uvicorn.Server(config)
+    if args.port == 0:
+        # Tests and scripts read the chosen port from this line.
+        _announce_port(server)
+    server.run()
+    return 0
+
+
+def _announce_port(server: Any) -> None:
+    original = server.startup
+
+    async def startup(sockets: Any = None) -> None:
+        await original(sockets=sockets)
+        for listener in server.servers:
+            for sock in listener.sockets:
+                host, port = sock.getsockname()[:2]
+                print(f"rankguide serve listening on http://{host}:{port}", flush=True)
+
+    server.startup = startup

@@ -1,0 +1,457 @@
+"""The OpenAI-compatible ASGI app: routes, auth, limits, back-pressure and error mapping.
+
+Served models: ``rankguide`` (the whole collaboration), ``srm`` and ``lrm`` (each local model
+alone; also under their identities). Handlers live in :mod:`.handlers`, wire formats in
+:mod:`.protocol`; this module only wires them to HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import SecretStr, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from langchain_rankguide.errors import RankGuideError
+from langchain_rankguide.server.handlers import (
+    Cancelled,
+    Generation,
+    Handler,
+    Outcome,
+    Piece,
+    PlainModelHandler,
+    RankGuideHandler,
+)
+from langchain_rankguide.server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    chat_body,
+    chat_chunk,
+    completion_body,
+    error_body,
+    new_id,
+    usage_body,
+)
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Bounds that keep the server responsive under load and hostile input.
+
+    Attributes:
+        max_body_bytes: larger request bodies get 413.
+        max_tokens: largest ``max_tokens`` accepted (400 beyond).
+        max_concurrency: requests generating at once (models serialise on CPU anyway).
+        max_queue: requests allowed to wait; beyond it the server answers 429 + Retry-After.
+        request_timeout_s: per-request deadline; work stops when it passes (504).
+        retry_after_s: the ``Retry-After`` value sent with 429.
+    """
+
+    max_body_bytes: int = 1 << 20
+    max_tokens: int = 4096
+    max_concurrency: int = 1
+    max_queue: int = 32
+    request_timeout_s: float = 300.0
+    retry_after_s: int = 1
+
+
+class HTTPError(Exception):
+    """An error with an HTTP status and an OpenAI error type."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str,
+        *,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.param = param
+        self.headers = headers or {}
+
+
+class Admission:
+    """A bounded queue in front of the models: at most ``concurrency + queue`` requests inside."""
+
+    def __init__(self, concurrency: int, queue: int) -> None:
+        self._slots = asyncio.Semaphore(concurrency)
+        self._capacity = concurrency + queue
+        self._inside = 0
+        self.rejected = 0
+
+    def try_enter(self) -> bool:
+        """Count a request in, or refuse it when the queue is full."""
+        if self._inside >= self._capacity:
+            self.rejected += 1
+            return False
+        self._inside += 1
+        return True
+
+    def leave(self) -> None:
+        """Count a request out."""
+        self._inside -= 1
+
+    @property
+    def slots(self) -> asyncio.Semaphore:
+        """The semaphore a request holds while it generates."""
+        return self._slots
+
+
+def _sse(data: dict[str, Any] | str) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data, allow_nan=False)
+    return f"data: {payload}\n\n".encode()
+
+
+def create_app(
+    handlers: dict[str, Handler],
+    *,
+    limits: ServerLimits | None = None,
+    api_key: SecretStr | None = None,
+    aliases: dict[str, str] | None = None,
+) -> FastAPI:
+    """Build the ASGI app serving ``handlers`` (model name -> handler).
+
+    Args:
+        handlers: served models by name.
+        limits: request bounds (defaults: :class:`ServerLimits`).
+        api_key: when set, every request needs ``Authorization: Bearer <key>`` (compared in
+            constant time).
+        aliases: extra names for served models (e.g. identities), listed by ``/v1/models``.
+    """
+    limits = limits or ServerLimits()
+    names = {**{name: name for name in handlers}, **(aliases or {})}
+    app = FastAPI(title="langchain-rankguide", docs_url=None, redoc_url=None)
+    admission = Admission(limits.max_concurrency, limits.max_queue)
+    app.state.admission = admission
+    created = int(time.time())
+
+    def error_response(exc: HTTPError) -> JSONResponse:
+        return JSONResponse(
+            error_body(str(exc), exc.kind, param=exc.param),
+            status_code=exc.status,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(HTTPError)
+    async def _http_error(_request: Request, exc: HTTPError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(error_body(str(exc), "invalid_request_error"), status_code=400)
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next: Callable[[Request], Any]) -> Any:
+        if api_key is not None:
+            sent = request.headers.get("authorization", "")
+            expected = f"Bearer {api_key.get_secret_value()}"
+            if not hmac.compare_digest(sent.encode(), expected.encode()):
+                return error_response(
+                    HTTPError(401, "missing or wrong API key", "authentication_error")
+                )
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
+            return error_response(
+                HTTPError(
+                    413, f"request body over {limits.max_body_bytes} bytes", "invalid_request_error"
+                )
+            )
+        return await call_next(request)
+
+    async def parse(request: Request, model_type: type[Any]) -> Any:
+        body = await request.body()
+        if len(body) > limits.max_body_bytes:
+            raise HTTPError(
+                413, f"request body over {limits.max_body_bytes} bytes", "invalid_request_error"
+            )
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise HTTPError(
+                400, f"request body is not valid JSON: {exc}", "invalid_request_error"
+            ) from None
+        if not isinstance(data, dict):
+            raise HTTPError(400, "request body must be a JSON object", "invalid_request_error")
+        try:
+            parsed = model_type.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise HTTPError(
+                400, f"{where}: {first['msg']}", "invalid_request_error", param=where
+            ) from None
+        limit = getattr(parsed, "max_completion_tokens", None) or parsed.max_tokens
+        if limit is not None and limit > limits.max_tokens:
+            raise HTTPError(
+                400,
+                f"max_tokens {limit} is over this server's limit of {limits.max_tokens}",
+                "invalid_request_error",
+                param="max_tokens",
+            )
+        if parsed.model not in names:
+            raise HTTPError(
+                404,
+                f"model {parsed.model!r} does not exist; see /v1/models",
+                "invalid_request_error",
+                param="model",
+            )
+        return parsed
+
+    async def run_generation(
+        request: Request,
+        start: Callable[[Callable[[], bool]], Generation],
+        streaming: bool,
+        render: Any,
+    ) -> Any:
+        if not admission.try_enter():
+            raise HTTPError(
+                429,
+                "server is busy: request queue is full",
+                "rate_limit_error",
+                headers={"Retry-After": str(limits.retry_after_s)},
+            )
+        deadline = time.monotonic() + limits.request_timeout_s
+        stop = threading.Event()
+
+        def cancelled() -> bool:
+            return stop.is_set() or time.monotonic() > deadline
+
+        try:
+            await admission.slots.acquire()
+        except BaseException:
+            admission.leave()
+            raise
+
+        def release() -> None:
+            admission.slots.release()
+            admission.leave()
+
+        generation = start(cancelled)
+        if not streaming:
+            try:
+                pieces, outcome = await run_in_threadpool(_drain, generation)
+            except Cancelled:
+                raise HTTPError(504, "request deadline passed", "timeout_error") from None
+            except RankGuideError as exc:
+                raise HTTPError(
+                    502 if "LRM" in type(exc).__name__ else 500, str(exc), "server_error"
+                ) from None
+            finally:
+                release()
+            return JSONResponse(render.whole(pieces, outcome))
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                while True:
+                    if await request.is_disconnected():
+                        stop.set()
+                        return
+                    try:
+                        item = await run_in_threadpool(_next, generation)
+                    except Cancelled:
+                        yield _sse(error_body("request deadline passed", "timeout_error"))
+                        return
+                    except RankGuideError as exc:
+                        yield _sse(error_body(str(exc), "server_error"))
+                        return
+                    if isinstance(item, Outcome):
+                        for chunk in render.final(item):
+                            yield _sse(chunk)
+                        yield _sse("[DONE]")
+                        return
+                    yield _sse(render.chunk(item))
+            finally:
+                stop.set()
+                generation.close()
+                release()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "langchain-rankguide",
+                }
+                for name in names
+            ],
+        }
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        parsed: ChatCompletionRequest = await parse(request, ChatCompletionRequest)
+        handler = handlers[names[parsed.model]]
+        render = _ChatRender(new_id("chatcmpl"), parsed.model)
+        return await run_generation(
+            request, lambda c: handler.chat(parsed, c), parsed.stream, render
+        )
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        parsed: CompletionRequest = await parse(request, CompletionRequest)
+        handler = handlers[names[parsed.model]]
+        render = _CompletionRender(new_id("cmpl"), parsed.model)
+        return await run_generation(
+            request, lambda c: handler.complete(parsed, c), parsed.stream, render
+        )
+
+    return app
+
+
+def _next(generation: Generation) -> Piece | Outcome:
+    try:
+        return next(generation)
+    except StopIteration as done:
+        return done.value
+
+
+def _drain(generation: Generation) -> tuple[list[Piece], Outcome]:
+    pieces: list[Piece] = []
+    while True:
+        item = _next(generation)
+        if isinstance(item, Outcome):
+            return pieces, item
+        pieces.append(item)
+
+
+class _ChatRender:
+    def __init__(self, response_id: str, model: str) -> None:
+        self.id = response_id
+        self.model = model
+        self.started = False
+
+    def whole(self, pieces: list[Piece], outcome: Outcome) -> dict[str, Any]:
+        content = "".join(p.text for p in pieces if p.kind == "content")
+        reasoning = "".join(p.text for p in pieces if p.kind == "reasoning")
+        return chat_body(
+            self.id,
+            self.model,
+            content,
+            outcome.finish_reason,
+            usage_body(outcome.prompt_tokens, outcome.completion_tokens),
+            reasoning=reasoning if outcome.vendor is not None else None,
+            vendor=outcome.vendor,
+        )
+
+    def chunk(self, piece: Piece) -> dict[str, Any]:
+        key = "content" if piece.kind == "content" else "reasoning_content"
+        delta: dict[str, Any] = {key: piece.text}
+        if not self.started:
+            delta["role"] = "assistant"
+            self.started = True
+        vendor = {"step": piece.step} if piece.step is not None else None
+        return chat_chunk(self.id, self.model, delta, vendor=vendor)
+
+    def final(self, outcome: Outcome) -> list[dict[str, Any]]:
+        usage = usage_body(outcome.prompt_tokens, outcome.completion_tokens)
+        vendor = None
+        if outcome.vendor is not None:
+            vendor = {k: v for k, v in outcome.vendor.items() if k != "steps"}
+        return [
+            chat_chunk(self.id, self.model, {}, outcome.finish_reason, usage=usage, vendor=vendor)
+        ]
+
+
+class _CompletionRender:
+    def __init__(self, response_id: str, model: str) -> None:
+        self.id = response_id
+        self.model = model
+
+    def whole(self, pieces: list[Piece], outcome: Outcome) -> dict[str, Any]:
+        text = "".join(p.text for p in pieces if p.kind == "content")
+        body = completion_body(
+            self.id,
+            self.model,
+            text,
+            outcome.finish_reason,
+            usage_body(outcome.prompt_tokens, outcome.completion_tokens),
+        )
+        if outcome.vendor is not None:
+            body["rankguide"] = outcome.vendor
+        return body
+
+    def chunk(self, piece: Piece) -> dict[str, Any]:
+        text = piece.text if piece.kind == "content" else ""
+        body = completion_body(self.id, self.model, text, None, None)
+        if piece.step is not None:
+            body["rankguide"] = {"step": piece.step}
+        return body
+
+    def final(self, outcome: Outcome) -> list[dict[str, Any]]:
+        body = completion_body(
+            self.id,
+            self.model,
+            "",
+            outcome.finish_reason,
+            usage_body(outcome.prompt_tokens, outcome.completion_tokens),
+        )
+        return [body]
+
+
+def build_app_from_config(
+    config: Any, *, limits: ServerLimits | None = None, api_key: SecretStr | None = None
+) -> FastAPI:
+    """Serve the configured pipeline as ``rankguide`` and each local model alone."""
+    from langchain_rankguide.graph import build_graph
+    from langchain_rankguide.pipeline import RankGuidePipeline
+
+    limits = limits or ServerLimits()
+    pipeline = RankGuidePipeline(config)
+    graph = build_graph(pipeline)
+    handlers: dict[str, Handler] = {
+        "rankguide": RankGuideHandler(graph, max_tokens=limits.max_tokens),
+        "srm": _LazyPlain(lambda: pipeline.srm, "srm", limits.max_tokens),
+    }
+    aliases = {pipeline.srm_identity: "srm"}
+    if config.lrm.provider == "hf_local":
+        handlers["lrm"] = _LazyPlain(pipeline.lrm_loaded, "lrm", limits.max_tokens)
+        aliases[pipeline.lrm_identity] = "lrm"
+    return create_app(handlers, limits=limits, api_key=api_key, aliases=aliases)
+
+
+class _LazyPlain:
+    """A plain-model handler whose weights load on the first request."""
+
+    def __init__(self, load: Callable[[], Any], role: str, max_tokens: int) -> None:
+        self._load = load
+        self._role = role
+        self._max_tokens = max_tokens
+        self._handler: PlainModelHandler | None = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> PlainModelHandler:
+        with self._lock:
+            if self._handler is None:
+                self._handler = PlainModelHandler(
+                    self._load(), role=self._role, max_tokens=self._max_tokens
+                )
+            return self._handler
+
+    def chat(self, request: ChatCompletionRequest, cancelled: Callable[[], bool]) -> Generation:
+        return self._get().chat(request, cancelled)
+
+    def complete(self, request: CompletionRequest, cancelled: Callable[[], bool]) -> Generation:
+        return self._get().complete(request, cancelled)

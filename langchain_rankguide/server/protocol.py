@@ -1,0 +1,196 @@
+"""OpenAI-compatible request models and response builders (the wire format only).
+
+Requests are validated by pydantic: wrong types and out-of-range values become 400 errors
+naming the field. Unknown top-level fields are ignored, as OpenAI clients send fields a server
+may not use (``user``, ``stream_options``...); RankGuide's own options travel in the vendor
+field ``rankguide`` (``extra_body={"rankguide": {...}}`` in the ``openai`` client).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class RankGuideExtras(BaseModel):
+    """Per-request overrides for the ``rankguide`` model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: (
+        Literal["rankguide", "rank", "entropy", "specreason", "keyword", "random", "srm", "lrm"]
+        | None
+    ) = None
+    threshold: float | None = None
+    seed: int | None = None
+    steering: bool | None = None
+    steering_scale: float | None = None
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    n: int = Field(default=1, ge=1, le=1)
+    seed: int | None = None
+    rankguide: RankGuideExtras | None = None
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        stops = [value] if isinstance(value, str) else value
+        if len(stops) > 4 or any(not s for s in stops):
+            raise ValueError("stop takes up to 4 non-empty strings")
+        return stops
+
+    def stop_list(self) -> list[str]:
+        """The stop strings as a list."""
+        return list(self.stop or [])
+
+
+class CompletionRequest(_Request):
+    """``POST /v1/completions``."""
+
+    prompt: str = Field(min_length=1)
+    echo: Literal[False] = False
+
+
+class ChatMessage(BaseModel):
+    """One chat message; content may be a string or OpenAI text parts."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    def to_template(self) -> dict[str, Any]:
+        """The message as chat templates expect it (text parts joined)."""
+        content = self.content
+        if isinstance(content, list):
+            content = "".join(
+                str(part.get("text", "")) for part in content if part.get("type") == "text"
+            )
+        message: dict[str, Any] = {
+            "role": "system" if self.role == "developer" else self.role,
+            "content": content or "",
+        }
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        if self.tool_call_id:
+            message["tool_call_id"] = self.tool_call_id
+        return message
+
+
+class ChatCompletionRequest(_Request):
+    """``POST /v1/chat/completions`` (vLLM's vendor extras accepted)."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+
+    def token_limit(self) -> int | None:
+        """``max_completion_tokens`` (newer clients) or ``max_tokens``."""
+        return self.max_completion_tokens or self.max_tokens
+
+
+def error_body(
+    message: str, kind: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """An OpenAI-style error object."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def new_id(prefix: str) -> str:
+    """A response id such as ``chatcmpl-<hex>``."""
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def usage_body(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """OpenAI usage object."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def completion_body(
+    response_id: str, model: str, text: str, finish_reason: str | None, usage: dict[str, int] | None
+) -> dict[str, Any]:
+    """A ``text_completion`` object (or stream chunk when ``usage`` is ``None``)."""
+    body: dict[str, Any] = {
+        "id": response_id,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+    }
+    if usage is not None:
+        body["usage"] = usage
+    return body
+
+
+def chat_body(
+    response_id: str,
+    model: str,
+    content: str,
+    finish_reason: str,
+    usage: dict[str, int],
+    *,
+    reasoning: str | None = None,
+    vendor: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A ``chat.completion`` object."""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if reasoning is not None:
+        message["reasoning_content"] = reasoning
+    body: dict[str, Any] = {
+        "id": response_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+        "usage": usage,
+    }
+    if vendor is not None:
+        body["rankguide"] = vendor
+    return body
+
+
+def chat_chunk(
+    response_id: str,
+    model: str,
+    delta: dict[str, Any],
+    finish_reason: str | None = None,
+    *,
+    usage: dict[str, int] | None = None,
+    vendor: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A ``chat.completion.chunk`` object."""
+    body: dict[str, Any] = {
+        "id": response_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
+    if usage is not None:
+        body["usage"] = usage
+    if vendor is not None:
+        body["rankguide"] = vendor
+    return body

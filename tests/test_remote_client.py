@@ -1,0 +1,532 @@
+"""The remote LRM client and backend against real loopback servers, well-behaved and faulty.
+
+Every server is a real HTTP server on 127.0.0.1 (see ``remote_servers.py``); attempt counts are
+read from the server's own request log. Retries use a 0.01 s backoff base so the suite is fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from remote_servers import (
+    JUDGE_QUESTION,
+    SCRIPT,
+    FakeServer,
+    refused_url,
+    start_servers,
+    stop_servers,
+    tokens,
+)
+
+from langchain_rankguide.config.models import OpenAICompatibleLRMConfig
+from langchain_rankguide.errors import ConfigError, RankGuideError
+from langchain_rankguide.lrm import JUDGE_PROMPT, LRMBackend
+from langchain_rankguide.remote import (
+    LRMFallback,
+    LRMStreamCutError,
+    LRMUnavailableError,
+    OpenAICompatibleClient,
+    RemoteLRM,
+    RetryPolicy,
+    SSEDecoder,
+    aggregate_stream,
+)
+from langchain_rankguide.remote.backend import render_plain_prompt
+from langchain_rankguide.schemas import StepRecord
+
+KEY = "sk-test-9f8e7d6c5b4a"
+STEP1 = "12 + 5 = 17, total 17.\n\n"
+STEP2 = "Wait, check: 12 + 5 = 17.\n\n"
+MESSAGES = [{"role": "user", "content": "What is 12 + 5?"}]
+FAST = RetryPolicy(max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.05, jitter=0.5)
+
+assert JUDGE_PROMPT.endswith(JUDGE_QUESTION)
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[dict[str, FakeServer]]:
+    started = start_servers()
+    yield started
+    stop_servers(started)
+
+
+@pytest.fixture
+def srv(servers: dict[str, FakeServer]) -> dict[str, FakeServer]:
+    for server in servers.values():
+        server.reset()
+    return servers
+
+
+def config(url: str, **overrides: Any) -> OpenAICompatibleLRMConfig:
+    data: dict[str, Any] = {
+        "base_url": url,
+        "model": "fake-lrm",
+        "timeouts": {"connect": 1.0, "read": 2.0},
+        "retries": {"max_attempts": 3, "backoff_base_s": 0.01, "backoff_max_s": 0.05},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return OpenAICompatibleLRMConfig.model_validate(data)
+
+
+def client(url: str, **kwargs: Any) -> OpenAICompatibleClient:
+    kwargs.setdefault("retry", FAST)
+    kwargs.setdefault("read_timeout_s", 2.0)
+    return OpenAICompatibleClient(url, model="fake-lrm", **kwargs)
+
+
+def backend(url: str, **overrides: Any) -> RemoteLRM:
+    end_markers = overrides.pop("end_markers", ())
+    lrm = RemoteLRM(
+        config(url, **overrides), delimiter="\n\n", max_step_tokens=64, end_markers=end_markers
+    )
+    lrm.begin(MESSAGES)
+    return lrm
+
+
+# --------------------------------------------------------------------------- well-behaved
+
+
+def test_completions_request_and_result(srv: dict[str, FakeServer]) -> None:
+    ok = srv["ok"]
+    with client(ok.url, api_key=SecretStr(KEY)) as c:
+        result = c.completions(
+            "Q: 12 + 5?\n",
+            max_tokens=32,
+            stop=["\n\n"],
+            temperature=0.0,
+            extra_body={"top_k": 1, "max_tokens": 999, "stop": ["x"]},
+        )
+    assert result.text == "12 + 5 = 17, total 17."
+    assert result.finish_reason == "stop"
+    assert result.matched_stop == "\n\n" and result.matched_stop_reported
+    assert result.usage["completion_tokens"] > 0 and result.usage["prompt_tokens"] > 0
+    assert result.attempts == 1
+    sent = ok.last
+    assert sent.path == "/v1/completions"
+    assert sent.headers["Authorization"] == f"Bearer {KEY}"
+    # extra_body adds vendor fields but never overrides what the client relies on.
+    assert sent.body["top_k"] == 1
+    assert sent.body["max_tokens"] == 32 and sent.body["stop"] == ["\n\n"]
+    assert sent.body["model"] == "fake-lrm" and sent.body["temperature"] == 0.0
+
+
+def test_chat_continues_the_final_message(srv: dict[str, FakeServer]) -> None:
+    ok = srv["ok"]
+    messages = [*MESSAGES, {"role": "assistant", "content": STEP1}]
+    with client(ok.url) as c:
+        result = c.chat(messages, max_tokens=32, stop=["\n\n"])
+        assert ok.last.body["continue_final_message"] is True
+        assert ok.last.body["add_generation_prompt"] is False
+        assert result.text == STEP2.rstrip("\n")
+        fresh = c.chat(MESSAGES, max_tokens=32, stop=["\n\n"])
+    # An ordinary request carries no vendor extras (strict servers reject unknown fields).
+    assert "continue_final_message" not in ok.last.body
+    assert fresh.text == STEP1.rstrip("\n")
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_chat_reads_split_reasoning(srv: dict[str, FakeServer], field: str) -> None:
+    ok = srv["ok"].configure(reasoning_field=field, script="a b</think>Answer: 7")
+    with client(ok.url) as c:
+        result = c.chat(MESSAGES, max_tokens=32)
+        streamed = aggregate_stream(c.stream_chat(MESSAGES, max_tokens=32))
+    assert (result.reasoning, result.text) == ("a b", "Answer: 7")
+    assert (streamed.reasoning, streamed.text) == ("a b", "Answer: 7")
+
+
+def test_streaming_matches_non_streaming(srv: dict[str, FakeServer]) -> None:
+    ok = srv["ok"]
+    with client(ok.url) as c:
+        whole = c.completions("", max_tokens=64)
+        chunks = list(c.stream_completions("", max_tokens=64))
+        assert ok.last.body["stream"] is True
+        assert ok.last.body["stream_options"] == {"include_usage": True}
+        chat_chunks = list(c.stream_chat(MESSAGES, max_tokens=64, stop=["\n\n"]))
+    assert len(chunks) > 3
+    streamed = aggregate_stream(chunks)
+    assert streamed.text == whole.text == SCRIPT
+    assert streamed.finish_reason == "stop" and streamed.usage == whole.usage
+    assert aggregate_stream(chat_chunks).text == STEP1.rstrip("\n")
+
+
+def test_async_variants(srv: dict[str, FakeServer]) -> None:
+    ok = srv["ok"]
+
+    async def main() -> tuple[str, str, str]:
+        async with client(ok.url) as c:
+            first = await c.acompletions("", max_tokens=64, stop=["\n\n"])
+            chat = await c.achat(MESSAGES, max_tokens=64, stop=["\n\n"])
+            text = "".join([chunk.text async for chunk in c.astream_completions("", max_tokens=64)])
+            return first.text, chat.text, text
+
+    first, chat, streamed = asyncio.run(main())
+    assert first == chat == STEP1.rstrip("\n")
+    assert streamed == SCRIPT
+
+
+def test_async_retries_and_stream_cut(srv: dict[str, FakeServer]) -> None:
+    flaky = srv["error500"].configure(failures=1)
+    cut = srv["cut"]
+
+    async def main() -> tuple[int, LRMStreamCutError]:
+        async with client(flaky.url) as c, client(cut.url) as broken:
+            result = await c.achat(MESSAGES, max_tokens=64)
+            try:
+                async for _ in broken.astream_chat(MESSAGES, max_tokens=64):
+                    pass
+            except LRMStreamCutError as exc:
+                return result.attempts, exc
+        raise AssertionError("the cut stream did not raise")
+
+    attempts, err = asyncio.run(main())
+    assert attempts == 2 and flaky.count == 2
+    assert err.partial and cut.count == 1
+
+
+def test_sse_decoder_and_retry_delays() -> None:
+    decoder = SSEDecoder()
+    lines = [": keep-alive", "event: x", 'data: {"a":', "data: 1}", "", "data:[DONE]", ""]
+    events = [e for e in (decoder.feed(line) for line in lines) if e is not None]
+    assert events == ['{"a":\n1}', "[DONE]"]
+    policy = RetryPolicy(max_attempts=5, backoff_base_s=1.0, backoff_max_s=3.0, jitter=0.0)
+    assert [policy.delay(n) for n in (1, 2, 3, 4)] == [1.0, 2.0, 3.0, 3.0]
+    assert policy.delay(1, retry_after=2.5) == 2.5
+    assert policy.delay(1, retry_after=1e6) == policy.retry_after_max_s
+    jittered = RetryPolicy(backoff_base_s=1.0, backoff_max_s=8.0, jitter=0.2)
+    assert all(0.8 <= jittered.delay(1) <= 1.2 for _ in range(50))
+
+
+# --------------------------------------------------------------------------- faults (client)
+
+
+def test_refused_connection_is_retried_then_raises() -> None:
+    url = refused_url()
+    with client(url) as c, pytest.raises(LRMUnavailableError) as info:
+        c.completions("x", max_tokens=4)
+    err = info.value
+    assert (err.status, err.attempts, err.retryable) == (None, 3, True)
+    assert err.url == f"{url}/completions" and url in str(err)
+    assert "no response" in str(err)
+
+
+def test_slow_response_times_out_and_is_retried(srv: dict[str, FakeServer]) -> None:
+    slow = srv["slow"]
+    retry = RetryPolicy(max_attempts=2, backoff_base_s=0.01, backoff_max_s=0.01)
+    started = time.perf_counter()
+    with client(slow.url, read_timeout_s=0.2, retry=retry) as c:
+        with pytest.raises(LRMUnavailableError) as info:
+            c.completions("x", max_tokens=4)
+    assert time.perf_counter() - started < 0.9  # gave up before the server answered
+    assert slow.count == 2 and info.value.status is None
+    assert "ReadTimeout" in info.value.reason
+
+
+def test_500_then_success(srv: dict[str, FakeServer]) -> None:
+    flaky = srv["error500"].configure(failures=2)
+    with client(flaky.url) as c:
+        result = c.completions("", max_tokens=64, stop=["\n\n"])
+    assert result.text == STEP1.rstrip("\n") and result.attempts == 3
+    assert flaky.count == 3
+
+
+def test_500_until_attempts_run_out(srv: dict[str, FakeServer]) -> None:
+    broken = srv["error500"]
+    with client(broken.url) as c, pytest.raises(LRMUnavailableError) as info:
+        c.completions("x", max_tokens=4)
+    err = info.value
+    assert (err.status, err.attempts, broken.count) == (500, 3, 3)
+    assert "HTTP 500" in str(err) and "fake failure 500" in str(err)
+
+
+def test_429_honours_retry_after(srv: dict[str, FakeServer]) -> None:
+    limited = srv["ratelimit"]  # one 429 with "Retry-After: 1", then success
+    started = time.perf_counter()
+    with client(limited.url) as c:
+        result = c.completions("", max_tokens=64, stop=["\n\n"])
+    elapsed = time.perf_counter() - started
+    assert result.attempts == 2 and limited.count == 2
+    assert elapsed >= 0.9, elapsed  # the 0.01 s backoff was raised to the header's 1 s
+
+
+def test_malformed_json_is_retried(srv: dict[str, FakeServer]) -> None:
+    bad = srv["malformed"].configure(failures=1)
+    with client(bad.url) as c:
+        assert c.completions("", max_tokens=64, stop=["\n\n"]).attempts == 2
+    bad.reset()
+    with client(bad.url) as c, pytest.raises(LRMUnavailableError) as info:
+        c.completions("", max_tokens=64)
+    assert (info.value.status, info.value.attempts, bad.count) == (200, 3, 3)
+    assert "malformed response body" in info.value.reason
+
+
+@pytest.mark.parametrize("mode", ["chunked", "eof"])
+def test_stream_cut_midway_raises_with_partial_text(srv: dict[str, FakeServer], mode: str) -> None:
+    cut = srv["cut"].configure(cut_mode=mode)
+    received: list[str] = []
+    with client(cut.url) as c, pytest.raises(LRMStreamCutError) as info:
+        for chunk in c.stream_completions("", max_tokens=64):
+            received.append(chunk.text)
+    err = info.value
+    assert received and err.partial == "".join(received)
+    assert err.status == 200 and err.attempts == 1 and cut.count == 1  # no silent repeat
+    assert isinstance(err, LRMUnavailableError)
+
+
+def test_stream_is_retried_before_any_text(srv: dict[str, FakeServer]) -> None:
+    flaky = srv["error500"].configure(failures=1)
+    with client(flaky.url) as c:
+        text = "".join(chunk.text for chunk in c.stream_completions("", max_tokens=64))
+    assert text == SCRIPT and flaky.count == 2
+
+
+def test_401_is_not_retried(srv: dict[str, FakeServer]) -> None:
+    denied = srv["unauthorized"]
+    with client(denied.url, api_key=SecretStr(KEY)) as c, pytest.raises(LRMUnavailableError) as e:
+        c.chat(MESSAGES, max_tokens=4)
+    assert (e.value.status, e.value.attempts, e.value.retryable, denied.count) == (401, 1, False, 1)
+
+
+def test_api_key_never_leaks(
+    srv: dict[str, FakeServer], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RG_TEST_LRM_KEY", KEY)
+    caplog.set_level(logging.DEBUG)  # httpx and httpcore debug logs included
+    # A hostile server echoes the Authorization header into its error message.
+    echo = srv["unauthorized"].configure(echo_auth_in_error=True)
+    cfg = config(echo.url, api_key_env="RG_TEST_LRM_KEY")
+    lrm = RemoteLRM(cfg, delimiter="\n\n", max_step_tokens=8)
+    lrm.begin(MESSAGES)
+    with pytest.raises(LRMUnavailableError) as info:
+        lrm.write_step(max_new_tokens=8)
+    assert echo.last.headers["Authorization"] == f"Bearer {KEY}"  # it was sent
+    assert "***" in str(info.value)
+    retried = srv["error500"].configure(echo_auth_in_error=True)
+    fallback = backend(retried.url, api_key_env="RG_TEST_LRM_KEY", on_failure="fallback_srm")
+    with pytest.raises(LRMFallback) as signal:
+        fallback.write_step(max_new_tokens=8)
+    assert retried.count == 3 and caplog.records  # retries were logged
+    texts = [
+        str(info.value),
+        repr(info.value),
+        str(signal.value),
+        signal.value.fallback,
+        repr(lrm),
+        repr(lrm.client),
+        repr(cfg),
+        caplog.text,
+        str(pickle.loads(pickle.dumps(info.value))),
+    ]
+    for text in texts:
+        assert KEY not in text
+
+
+def test_missing_key_variable_is_a_config_error(
+    srv: dict[str, FakeServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RG_TEST_UNSET_KEY", raising=False)
+    lrm = backend(srv["ok"].url, api_key_env="RG_TEST_UNSET_KEY", on_failure="fallback_srm")
+    with pytest.raises(ConfigError, match="RG_TEST_UNSET_KEY"):
+        lrm.write_step(max_new_tokens=8)
+    assert srv["ok"].count == 0
+
+
+# --------------------------------------------------------------------------- RemoteLRM
+
+
+def test_remote_lrm_writes_steps_ending_at_the_delimiter(srv: dict[str, FakeServer]) -> None:
+    ok = srv["ok"]
+    lrm = backend(ok.url)
+    assert isinstance(lrm, LRMBackend) and lrm.identity == "fake-lrm"
+    first = lrm.write_step(max_new_tokens=100)
+    assert (first.text, first.finish_reason) == (STEP1, "delimiter")
+    prompt = render_plain_prompt(MESSAGES)
+    assert ok.last.body["prompt"] == prompt and ok.last.body["max_tokens"] == 64
+    assert ok.last.body["stop"] == ["\n\n"] and ok.last.body["temperature"] == 0.0
+    lrm.observe(STEP2)  # an SRM step: no request
+    assert ok.count == 1
+    answer = lrm.write_step(max_new_tokens=100, answer_phase=True)
+    assert (answer.text, answer.finish_reason) == ("Answer: 17", "eos")
+    assert ok.last.body["prompt"] == prompt + STEP1 + STEP2 and "stop" not in ok.last.body
+    assert lrm.steps == (STEP1, STEP2, "Answer: 17")
+    # Usage is the server's: prompt_tokens -> prefill, completion_tokens -> decode (the
+    # stripped stop string counts as generated, as on real servers).
+    assert lrm.usage["decode_tokens"] == first.tokens + answer.tokens == 16 + 4
+    assert lrm.usage["prefill_tokens"] == sum(len(tokens(r.body["prompt"])) for r in ok.requests)
+    lrm.close()
+
+
+def test_stop_string_and_end_markers_without_stop_reason(srv: dict[str, FakeServer]) -> None:
+    script = "12 + 5 = 17.\n\nSo 17</think>\n\nAnswer: 17"
+    ok = srv["ok"].configure(script=script)
+    lrm = backend(ok.url, end_markers=["</think>"])
+    assert lrm.write_step(max_new_tokens=64).text == "12 + 5 = 17.\n\n"
+    second = lrm.write_step(max_new_tokens=64)
+    assert (second.text, second.finish_reason) == ("So 17</think>", "end_marker")
+    assert ok.last.body["stop"] == ["\n\n", "</think>"]
+    # A server that does not say which stop matched: the delimiter is assumed mid-trace.
+    ok.reset().configure(report_stop_reason=False)
+    quiet = backend(ok.url)
+    assert quiet.write_step(max_new_tokens=64).finish_reason == "delimiter"
+    quiet.observe(STEP2)
+    assert quiet.write_step(max_new_tokens=64, answer_phase=True).finish_reason == "eos"
+
+
+def test_step_cap_gives_max_tokens(srv: dict[str, FakeServer]) -> None:
+    lrm = backend(srv["ok"].url)
+    step = lrm.write_step(max_new_tokens=3)
+    assert (step.text, step.finish_reason, step.tokens) == ("12 +", "max_tokens", 3)
+    assert srv["ok"].last.body["max_tokens"] == 3
+
+
+def test_resume_from_committed_records(srv: dict[str, FakeServer]) -> None:
+    lrm = RemoteLRM(config(srv["ok"].url), delimiter="\n\n", max_step_tokens=64)
+    lrm.begin(MESSAGES, [StepRecord(index=0, author="srm", text=STEP1)])
+    assert lrm.write_step(max_new_tokens=64).text == STEP2
+
+
+def test_client_side_chat_template(srv: dict[str, FakeServer], tmp_path: Path) -> None:
+    from tiny_models import build_tokenizer
+
+    build_tokenizer(tmp_path)
+    ok = srv["ok"]
+    lrm = backend(ok.url, tokenizer=str(tmp_path))
+    lrm.write_step(max_new_tokens=64)
+    assert ok.last.body["prompt"] == "<s>user: What is 12 + 5?\n<s>assistant: "
+    template = "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}"
+    template += "{% if add_generation_prompt %}[assistant]{% endif %}"
+    jinja = backend(ok.url, chat_template=template)
+    step = jinja.write_step(max_new_tokens=64)
+    assert ok.last.body["prompt"] == "[user]What is 12 + 5?[assistant]" and step.text == STEP1
+
+
+def test_chat_mode_and_a_server_ignoring_continue(srv: dict[str, FakeServer]) -> None:
+    ok = srv["ok"]
+    lrm = backend(ok.url, mode="chat")
+    assert lrm.write_step(max_new_tokens=64).text == STEP1
+    assert "continue_final_message" not in ok.last.body  # nothing to continue yet
+    second = lrm.write_step(max_new_tokens=64)
+    assert second.text == STEP2
+    assert ok.last.body["messages"][-1] == {"role": "assistant", "content": STEP1}
+    assert ok.last.body["continue_final_message"] is True
+    # Ignoring continue_final_message, the server answers in a new turn: the request works but
+    # the model does not continue the trace (here it restarts) -- the documented difference.
+    ok.reset().configure(honour_continue=False)
+    ignoring = backend(ok.url, mode="chat")
+    ignoring.observe(STEP1)
+    assert ignoring.write_step(max_new_tokens=64).text == STEP1
+
+
+def test_chat_mode_with_reasoning_split(srv: dict[str, FakeServer]) -> None:
+    ok = srv["ok"].configure(reasoning_field="reasoning", script="a b.\n\nc</think>Answer: 7")
+    lrm = backend(ok.url, mode="chat", end_markers=["</think>"], extra_body={"x_vendor": 1})
+    assert lrm.write_step(max_new_tokens=64).text == "a b.\n\n"
+    assert ok.last.body["x_vendor"] == 1
+    # The end marker is a stop string: the server stops there and reports it.
+    assert lrm.write_step(max_new_tokens=64).text == "c</think>"
+    answer = lrm.write_step(max_new_tokens=64, answer_phase=True)
+    assert answer.text == "Answer: 7" and answer.finish_reason == "eos"
+
+
+def test_judge(srv: dict[str, FakeServer]) -> None:
+    ok = srv["ok"]
+    lrm = backend(ok.url)
+    assert lrm.judge(STEP1) == 8
+    body = ok.last.body
+    assert body["max_tokens"] == 1 and body["temperature"] == 0.0 and "logprobs" not in body
+    assert body["prompt"].endswith(STEP1 + JUDGE_PROMPT)
+    assert lrm.steps == ()  # judged text is never committed
+    ok.configure(judge_reply="x")
+    assert lrm.judge(STEP1) is None
+    # With log-probs, the most likely digit among the top alternatives wins (" 9": -0.7).
+    scored = RemoteLRM(config(ok.url), delimiter="\n\n", max_step_tokens=8, judge_logprobs=5)
+    scored.begin(MESSAGES)
+    assert scored.judge(STEP1) == 9 and ok.last.body["logprobs"] == 5
+    chat = RemoteLRM(
+        config(ok.url, mode="chat"), delimiter="\n\n", max_step_tokens=8, judge_logprobs=5
+    )
+    chat.begin(MESSAGES)
+    assert chat.judge(STEP1) == 9 and ok.last.body["top_logprobs"] == 5
+
+
+# --------------------------------------------------------------------------- failure policy
+
+FAULTS = {
+    # name: (server or None for refused, settings, expected status, expected attempts)
+    "refused": (None, {}, None, 3),
+    "slow": ("slow", {}, None, 2),
+    "error500": ("error500", {}, 500, 3),
+    "ratelimit": ("ratelimit", {"failures": 10**9, "retry_after": "0"}, 429, 3),
+    "malformed": ("malformed", {}, 200, 3),
+    "cut": ("cut", {}, None, 3),
+    "unauthorized": ("unauthorized", {}, 401, 1),
+}
+
+
+def faulty_backend(
+    srv: dict[str, FakeServer], fault: str, on_failure: str
+) -> tuple[RemoteLRM, FakeServer | None]:
+    name, settings, _, _ = FAULTS[fault]
+    server = srv[name].configure(**settings) if name else None
+    url = server.url if server else refused_url()
+    extra: dict[str, Any] = {"on_failure": on_failure}
+    if fault == "slow":
+        extra.update(timeouts={"read": 0.2}, retries={"max_attempts": 2})
+    lrm = RemoteLRM(config(url, **extra), delimiter="\n\n", max_step_tokens=64)
+    lrm.begin(MESSAGES, [StepRecord(index=0, author="srm", text=STEP1)])
+    return lrm, server
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_fault_with_fail_policy(srv: dict[str, FakeServer], fault: str) -> None:
+    lrm, server = faulty_backend(srv, fault, "fail")
+    with pytest.raises(LRMUnavailableError) as info:
+        lrm.write_step(max_new_tokens=64)
+    _, _, status, attempts = FAULTS[fault]
+    assert (info.value.status, info.value.attempts) == (status, attempts)
+    assert server is None or server.count == attempts
+    assert isinstance(info.value, RankGuideError)
+    assert lrm.steps == (STEP1,) and lrm.usage == {"prefill_tokens": 0, "decode_tokens": 0}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_fault_with_fallback_policy(srv: dict[str, FakeServer], fault: str) -> None:
+    lrm, server = faulty_backend(srv, fault, "fallback_srm")
+    with pytest.raises(LRMFallback) as signal:
+        lrm.write_step(max_new_tokens=64)
+    _, _, status, attempts = FAULTS[fault]
+    assert server is None or server.count == attempts
+    assert signal.value.fallback.startswith("lrm_unavailable: ")
+    assert signal.value.cause.status == status and signal.value.cause.attempts == attempts
+    assert not isinstance(signal.value, LRMUnavailableError)
+    assert lrm.steps == (STEP1,)
+    if fault == "error500":
+        with pytest.raises(LRMFallback):
+            lrm.judge(STEP2)  # the judge follows the same policy
+    lrm.observe(STEP2)  # the collaboration keeps the SRM draft and goes on
+    assert lrm.steps == (STEP1, STEP2)
+
+
+def test_committed_steps_survive_a_failed_write(srv: dict[str, FakeServer]) -> None:
+    flaky = srv["error500"].configure(failures=3)
+    lrm = backend(flaky.url, retries={"max_attempts": 2})
+    lrm.observe(STEP1)
+    with pytest.raises(LRMUnavailableError):
+        lrm.write_step(max_new_tokens=64)
+    assert lrm.steps == (STEP1,) and flaky.count == 2
+    # The server recovers (4th request): the next write sends the whole committed trace.
+    step = lrm.write_step(max_new_tokens=64)
+    assert step.text == STEP2 and flaky.count == 4
+    assert flaky.last.body["prompt"] == render_plain_prompt(MESSAGES) + STEP1
+    assert lrm.steps == (STEP1, STEP2)
