@@ -370,19 +370,19 @@ class RunSession:
         """The SRM engine, created on first use and caught up with the committed trace."""
         if self._srm is None:
             loaded = self.pipeline.srm
+            prompt = render_prompt(
+                loaded.tokenizer, self.messages, **self.pipeline.config.prompt.chat_template_kwargs
+            )
+            prompt += self.pipeline.config.prompt.assistant_prefix
+            self._srm_prompt_ids = list(loaded.tokenizer.encode(prompt, add_special_tokens=False))
             self._srm = StepEngine(
                 loaded,
                 role="srm",
                 settings=self.pipeline.step_settings,
                 capture=self._capture(),
                 sampling=self.pipeline.sampling(self.options),
-                interventions=self._interventions(loaded),
+                interventions=self._interventions(loaded, len(self._srm_prompt_ids)),
             )
-            prompt = render_prompt(
-                loaded.tokenizer, self.messages, **self.pipeline.config.prompt.chat_template_kwargs
-            )
-            prompt += self.pipeline.config.prompt.assistant_prefix
-            self._srm_prompt_ids = list(loaded.tokenizer.encode(prompt, add_special_tokens=False))
             self._srm.start_ids(self._srm_prompt_ids, self._srm_pending)
             self._srm_pending = []
         elif self._srm_pending:
@@ -392,7 +392,7 @@ class RunSession:
             self._srm_pending = []
         return self._srm
 
-    def _interventions(self, loaded: LoadedModel) -> list[Any]:
+    def _interventions(self, loaded: LoadedModel, prompt_length: int) -> list[Any]:
         cfg = self.pipeline.config.steering
         enabled = cfg.enabled if self.options.steering is None else self.options.steering
         vector_path = self.options.steering_vector or cfg.vector
@@ -409,6 +409,7 @@ class RunSession:
                 scale=scale,
                 positions=cfg.positions,
                 delimiter=self.pipeline.config.steps.delimiter,
+                prompt_length=prompt_length,
             )
         ]
 

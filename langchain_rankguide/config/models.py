@@ -605,7 +605,8 @@ class SteeringConfig(_Section):
         ),
     )
     scale: float = Field(
-        default=1.0, description="Multiplier of the vector; positive values reduce reflection."
+        default=1.0,
+        description="Multiplier of the vector; positive pushes toward execution thoughts.",
     )
     positions: Literal["delimiter", "generated", "all"] = Field(
         default="delimiter",
