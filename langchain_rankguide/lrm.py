@@ -148,9 +148,7 @@ class LocalLRM:
             self.engine.start_ids(self._prompt_ids)
             self._started = True
         if self._pending:
-            # All queued steps are prefilled in one forward pass.
-            self.engine.sync_ids([*self.engine.ids, *(i for ids in self._pending for i in ids)])
-            self.engine.steps_committed += len(self._pending)
+            self.engine.append_steps(self._pending)
             self._pending.clear()
 
     def write_step(self, *, max_new_tokens: int, answer_phase: bool = False) -> WrittenStep:

@@ -386,9 +386,7 @@ class RunSession:
             self._srm.start_ids(self._srm_prompt_ids, self._srm_pending)
             self._srm_pending = []
         elif self._srm_pending:
-            engine = self._srm
-            engine.sync_ids([*engine.ids, *(i for ids in self._srm_pending for i in ids)])
-            engine.steps_committed += len(self._srm_pending)
+            self._srm.append_steps(self._srm_pending)
             self._srm_pending = []
         return self._srm
 
@@ -551,8 +549,7 @@ class RunSession:
             ids = engine.commit(draft)
         else:
             # Resumed between draft and guard: restore the accepted draft from its ids.
-            engine.sync_ids([*engine.ids, *pending.srm_ids])
-            engine.steps_committed += 1
+            engine.append_steps([pending.srm_ids])
             ids = list(pending.srm_ids)
         self._live_draft = None
         if self._lrm is not None:

@@ -258,18 +258,27 @@ class StepEngine:
         self.finished = False
         for layer in self._openings:
             self._openings[layer] = []
-        target = list(prompt_ids)
-        boundaries = []
+        self._sync_steps(prompt_ids, steps_ids)
+        self.steps_committed = len(steps_ids)
+
+    def append_steps(self, steps_ids: Sequence[Sequence[int]]) -> None:
+        """Commit steps written elsewhere, given as ids, prefilled together in one pass."""
+        if self.finished:
+            raise EngineError("the trace has ended; cannot append more steps")
+        self._sync_steps(self.ids, steps_ids)
+        self.steps_committed += len(steps_ids)
+
+    def _sync_steps(self, base_ids: Sequence[int], steps_ids: Sequence[Sequence[int]]) -> None:
+        target = list(base_ids)
+        starts = []
         for step_ids in steps_ids:
+            starts.append(len(target))
             target.extend(step_ids)
-            boundaries.append(len(target))
         self.sync_ids(target)
-        # Opening states of restored steps are the states at each step boundary.
         if self.capture.opening_states:
-            starts = [len(prompt_ids), *boundaries[:-1]] if boundaries else []
+            # A step's opening state is the state at the last token before it.
             for start in starts[-self.capture.opening_states :]:
                 self._record_opening(start)
-        self.steps_committed = len(steps_ids)
         self._trim_hidden()
 
     def reset(self) -> None:
@@ -589,13 +598,9 @@ class StepEngine:
         """
         if self.finished:
             raise EngineError("the trace has ended; cannot append more text")
-        start = len(self.ids)
         new_ids = encode_continuation(self.tokenizer, text)
-        if new_ids:
-            self._feed(new_ids, count_as="prefill_tokens")
-        if ends_trace:
-            self.finished = True
-        self._finish_commit(start)
+        self.append_steps([new_ids])
+        self.finished = ends_trace
         return new_ids
 
     def peek_logprobs(self, text: str) -> torch.Tensor:
