@@ -353,7 +353,7 @@ class _Nodes:
             fallback = getattr(exc, "fallback", None)
             if not fallback:
                 raise
-            return self._fallback(state, session, pending, budget, before, config, str(exc))
+            return self._fallback(state, session, pending, budget, before, config, str(fallback))
         text = written.text
         record = StepRecord(
             index=pending.index,
@@ -424,8 +424,13 @@ class _Nodes:
         config: RunnableConfig,
         why: str,
     ) -> Command[Any]:
-        """The LRM failed under ``fallback_srm``: keep (or make) the SRM's draft, marked."""
-        decision = RouteDecision(False, None, None, f"LRM unavailable: {why}")
+        """The LRM failed under ``fallback_srm``: keep (or make) the SRM's draft, marked.
+
+        ``why`` is the signal's ``fallback`` text (``"lrm_unavailable: <status> from <url>: ..."``).
+        """
+        detail = why.removeprefix("lrm_unavailable: ")
+        mark = f"lrm_unavailable: {detail}"
+        decision = RouteDecision(False, None, None, f"LRM unavailable: {detail}")
         if not pending.text:
             return self._srm_anyway(
                 state,
@@ -435,7 +440,7 @@ class _Nodes:
                 budget,
                 before,
                 config,
-                fallback=f"lrm_unavailable: {why}",
+                fallback=mark,
             )
         session._live_draft = None  # the draft was discarded; restore it from its ids
         ids = session.accept(pending)
@@ -453,7 +458,7 @@ class _Nodes:
             latency_s=pending.latency_s,
             finish_reason=pending.finish_reason,  # type: ignore[arg-type]
             is_answer=pending.is_answer,
-            fallback=f"lrm_unavailable: {why}",
+            fallback=mark,
         )
         return self._commit(state, session, record, before, budget, config)
 

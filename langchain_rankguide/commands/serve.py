@@ -70,9 +70,8 @@ def serve_command(args: argparse.Namespace) -> int:
     app = build_app_from_config(load_config(args.config), limits=limits, api_key=api_key)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
     server = uvicorn.Server(config)
-    if args.port == 0:
-        # Tests and scripts read the chosen port from this line.
-        _announce_port(server)
+    # Announce the address (with --port 0, tests and scripts read the chosen port from it).
+    _announce_port(server)
     server.run()
     return 0
 

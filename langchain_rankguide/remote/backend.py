@@ -425,7 +425,14 @@ class RemoteLRM:
 
 
 def _load_tokenizer(source: str) -> Any:
-    """Load the LRM tokenizer from local files only (never from a hub)."""
+    """Load the LRM tokenizer from local files only (never from a hub).
+
+    ``demo:srm`` / ``demo:lrm`` (accepted by the configuration) name the embedded demo models.
+    """
+    if source.startswith("demo:"):
+        from langchain_rankguide.engine import resolve_model_source
+
+        source = resolve_model_source(source)[0]
     try:
         from transformers import AutoTokenizer
 

@@ -21,8 +21,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import SecretStr, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from langchain_rankguide.errors import RankGuideError
+from langchain_rankguide.errors import InputError, RankGuideError
 from langchain_rankguide.server.handlers import (
     Cancelled,
     Generation,
@@ -111,6 +113,51 @@ class Admission:
         return self._slots
 
 
+class _Guard:
+    """Bearer auth and the declared body size, checked before any route runs.
+
+    Plain ASGI on purpose: Starlette's ``BaseHTTPMiddleware`` (``@app.middleware``) wraps
+    ``receive`` so that a streaming endpoint never sees the client disconnect, which left
+    generation running and its admission slot held after the client went away.
+    """
+
+    def __init__(self, app: ASGIApp, *, api_key: SecretStr | None, max_body_bytes: int) -> None:
+        self.app = app
+        self.api_key = api_key
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        problem = None
+        if self.api_key is not None:
+            sent = headers.get("authorization", "")
+            expected = f"Bearer {self.api_key.get_secret_value()}"
+            if not hmac.compare_digest(sent.encode(), expected.encode()):
+                problem = HTTPError(401, "missing or wrong API key", "authentication_error")
+        length = headers.get("content-length")
+        if (
+            problem is None
+            and length is not None
+            and length.isdigit()
+            and int(length) > self.max_body_bytes
+        ):
+            problem = HTTPError(
+                413, f"request body over {self.max_body_bytes} bytes", "invalid_request_error"
+            )
+        if problem is not None:
+            response = JSONResponse(
+                error_body(str(problem), problem.kind, param=problem.param),
+                status_code=problem.status,
+                headers=problem.headers,
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def _sse(data: dict[str, Any] | str) -> bytes:
     payload = data if isinstance(data, str) else json.dumps(data, allow_nan=False)
     return f"data: {payload}\n\n".encode()
@@ -154,23 +201,7 @@ def create_app(
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(error_body(str(exc), "invalid_request_error"), status_code=400)
 
-    @app.middleware("http")
-    async def _guard(request: Request, call_next: Callable[[Request], Any]) -> Any:
-        if api_key is not None:
-            sent = request.headers.get("authorization", "")
-            expected = f"Bearer {api_key.get_secret_value()}"
-            if not hmac.compare_digest(sent.encode(), expected.encode()):
-                return error_response(
-                    HTTPError(401, "missing or wrong API key", "authentication_error")
-                )
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
-            return error_response(
-                HTTPError(
-                    413, f"request body over {limits.max_body_bytes} bytes", "invalid_request_error"
-                )
-            )
-        return await call_next(request)
+    app.add_middleware(_Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes)
 
     async def parse(request: Request, model_type: type[Any]) -> Any:
         body = await request.body()
@@ -246,6 +277,8 @@ def create_app(
                 pieces, outcome = await run_in_threadpool(_drain, generation)
             except Cancelled:
                 raise HTTPError(504, "request deadline passed", "timeout_error") from None
+            except InputError as exc:
+                raise HTTPError(400, str(exc), "invalid_request_error") from None
             except RankGuideError as exc:
                 raise HTTPError(
                     502 if "LRM" in type(exc).__name__ else 500, str(exc), "server_error"
@@ -264,6 +297,9 @@ def create_app(
                         item = await run_in_threadpool(_next, generation)
                     except Cancelled:
                         yield _sse(error_body("request deadline passed", "timeout_error"))
+                        return
+                    except InputError as exc:
+                        yield _sse(error_body(str(exc), "invalid_request_error"))
                         return
                     except RankGuideError as exc:
                         yield _sse(error_body(str(exc), "server_error"))

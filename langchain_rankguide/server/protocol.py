@@ -30,6 +30,26 @@ class RankGuideExtras(BaseModel):
     steering_scale: float | None = None
 
 
+RESERVED_TEMPLATE_KWARGS = frozenset(
+    {
+        "conversation",
+        "chat_template",
+        "tokenize",
+        "add_generation_prompt",
+        "continue_final_message",
+        "padding",
+        "truncation",
+        "max_length",
+        "return_tensors",
+        "return_dict",
+        "return_assistant_tokens_mask",
+        "tokenizer_kwargs",
+    }
+)
+"""``apply_chat_template`` arguments a request may not set through ``chat_template_kwargs``: the
+server sets them, and a client-supplied template (``chat_template``) is never rendered."""
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -53,6 +73,14 @@ class _Request(BaseModel):
         if len(stops) > 4 or any(not s for s in stops):
             raise ValueError("stop takes up to 4 non-empty strings")
         return stops
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        reserved = sorted(set(value) & RESERVED_TEMPLATE_KWARGS)
+        if reserved:
+            raise ValueError(f"may not set {', '.join(reserved)} (the server sets these)")
+        return value
 
     def stop_list(self) -> list[str]:
         """The stop strings as a list."""

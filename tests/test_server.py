@@ -1,0 +1,628 @@
+"""``rankguide serve`` over real HTTP: the official ``openai`` client, error statuses, limits.
+
+The served process (``served``, see ``server_fixtures.py``) runs the tiny models; its answers are
+checked against the same handlers and graph run in this process. Auth, back-pressure, the
+deadline and client disconnects are tested on in-process apps (``create_app`` under uvicorn in a
+thread) whose handlers are slowed down and count the work they do.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from pydantic import SecretStr
+from server_fixtures import (
+    SERVE_MAX_BODY,
+    SERVE_MAX_TOKENS,
+    InProcessServer,
+    ServedProcess,
+)
+
+from langchain_rankguide.config import load_config
+from langchain_rankguide.graph import answer_of, build_graph
+from langchain_rankguide.pipeline import RankGuidePipeline
+from langchain_rankguide.server.app import ServerLimits, create_app
+from langchain_rankguide.server.handlers import (
+    Cancelled,
+    Generation,
+    Outcome,
+    Piece,
+    PlainModelHandler,
+)
+from langchain_rankguide.server.protocol import ChatCompletionRequest, CompletionRequest
+
+pytest_plugins = ["server_fixtures"]
+
+GO = [{"role": "user", "content": "go"}]
+KEY = "sk-serve-test-5e4d3c2b1a"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def client(served: ServedProcess) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=served.v1, api_key="unused", max_retries=0, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def http(served: ServedProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=served.v1, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def local(served_config: Path) -> RankGuidePipeline:
+    """The served configuration, run in this process (reference answers)."""
+    return RankGuidePipeline(load_config(str(served_config)))
+
+
+def drain(generation: Generation) -> tuple[list[Piece], Outcome]:
+    pieces: list[Piece] = []
+    while True:
+        try:
+            pieces.append(next(generation))
+        except StopIteration as done:
+            return pieces, done.value
+
+
+def local_plain(
+    local: RankGuidePipeline, role: str, endpoint: str, **body: Any
+) -> tuple[str, Outcome]:
+    loaded = local.srm if role == "srm" else local.lrm_loaded()
+    handler = PlainModelHandler(loaded, role=role, max_tokens=SERVE_MAX_TOKENS)
+    if endpoint == "chat":
+        request = ChatCompletionRequest.model_validate({"model": role, **body})
+        pieces, outcome = drain(handler.chat(request, lambda: False))
+    else:
+        request = CompletionRequest.model_validate({"model": role, **body})
+        pieces, outcome = drain(handler.complete(request, lambda: False))
+    return "".join(p.text for p in pieces), outcome
+
+
+def local_run(local: RankGuidePipeline, **configurable: Any) -> dict[str, Any]:
+    return build_graph(local).invoke({"question": "go"}, {"configurable": configurable})
+
+
+def raw_prompt(local: RankGuidePipeline) -> str:
+    return str(
+        local.lrm_loaded().tokenizer.apply_chat_template(
+            GO, tokenize=False, add_generation_prompt=True
+        )
+    )
+
+
+def assert_error(response: httpx.Response, status: int, kind: str, param: str | None = None):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert error["type"] == kind and error["message"]
+    assert set(error) == {"message", "type", "param", "code"}
+    if param is not None:
+        assert error["param"] == param
+    return error
+
+
+# --------------------------------------------------------------------------- openai client
+
+
+def test_models_list(client: openai.OpenAI) -> None:
+    models = client.models.list()
+    ids = [m.id for m in models.data]
+    assert ids[:3] == ["rankguide", "srm", "lrm"]
+    assert {"tiny-srm", "tiny-lrm"} <= set(ids), "model identities are aliases"
+    assert all(m.object == "model" and m.owned_by == "langchain-rankguide" for m in models.data)
+
+
+def test_chat_plain_model(client: openai.OpenAI, local: RankGuidePipeline) -> None:
+    resp = client.chat.completions.create(model="lrm", messages=GO, max_tokens=40)
+    expected, outcome = local_plain(local, "lrm", "chat", messages=GO, max_tokens=40)
+    choice = resp.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content == expected and expected
+    assert choice.finish_reason == outcome.finish_reason
+    assert resp.usage is not None
+    assert resp.usage.prompt_tokens == outcome.prompt_tokens > 0
+    assert resp.usage.completion_tokens == outcome.completion_tokens > 0
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+    assert resp.object == "chat.completion" and resp.id.startswith("chatcmpl-")
+    assert resp.model == "lrm"
+    assert "rankguide" not in (resp.model_extra or {}), "plain models carry no vendor field"
+    # An identity is an alias of the same model.
+    again = client.chat.completions.create(model="tiny-lrm", messages=GO, max_tokens=40)
+    assert again.choices[0].message.content == expected
+
+
+def test_chat_rankguide_reasoning_and_vendor_field(
+    client: openai.OpenAI, local: RankGuidePipeline
+) -> None:
+    resp = client.chat.completions.create(model="rankguide", messages=GO, max_tokens=200)
+    reference = local_run(local)
+    vendor = (resp.model_extra or {})["rankguide"]
+    steps = vendor["steps"]
+    assert [s["text"] for s in steps] == [s["text"] for s in reference["steps"]]
+    assert [s["author"] for s in steps] == [s["author"] for s in reference["steps"]]
+    assert {s["author"] for s in steps} == {"srm", "lrm"}, "random at 0.5 uses both models"
+    message = resp.choices[0].message
+    reasoning = (message.model_extra or {})["reasoning_content"]
+    assert reasoning == "".join(s["text"] for s in steps if not s["is_answer"])
+    assert steps[-1]["is_answer"] and message.content == reference["answer"]
+    assert message.content == answer_of(steps[-1]["text"], ["done"])
+    assert vendor["answer_author"] == steps[-1]["author"]
+    assert vendor["stop_reason"] == "answer" and resp.choices[0].finish_reason == "stop"
+    assert vendor["correct"] is None, "'go' is not a demo task question"
+    usage = vendor["usage_by_model"]
+    assert set(usage) == {"srm", "lrm"} and usage == reference["usage"]
+    assert resp.usage is not None
+    assert resp.usage.prompt_tokens == sum(u["prefill_tokens"] for u in usage.values())
+    assert resp.usage.completion_tokens == sum(u["decode_tokens"] for u in usage.values())
+
+
+def test_chat_stream_rankguide(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(model="rankguide", messages=GO, max_tokens=200)
+    stream = client.chat.completions.create(
+        model="rankguide", messages=GO, max_tokens=200, stream=True
+    )
+    chunks = list(stream)  # ends at [DONE] without error
+    deltas = [c.choices[0].delta for c in chunks]
+    assert deltas[0].role == "assistant"
+    reasoning = "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas)
+    content = "".join(d.content or "" for d in deltas)
+    message = whole.choices[0].message
+    assert reasoning == (message.model_extra or {})["reasoning_content"]
+    assert content == message.content
+    steps = [(c.model_extra or {}).get("rankguide", {}).get("step") for c in chunks]
+    steps = [s for s in steps if s is not None]
+    whole_steps = (whole.model_extra or {})["rankguide"]["steps"]
+    assert [s["text"] for s in steps] == [s["text"] for s in whole_steps if not s["is_answer"]]
+    assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
+    last = chunks[-1]
+    assert last.choices[0].finish_reason == "stop"
+    assert last.usage is not None and whole.usage is not None
+    assert last.usage.total_tokens == whole.usage.total_tokens
+    final_vendor = (last.model_extra or {})["rankguide"]
+    assert final_vendor["stop_reason"] == "answer" and "steps" not in final_vendor
+    assert (
+        final_vendor["usage_by_model"] == (whole.model_extra or {})["rankguide"]["usage_by_model"]
+    )
+    assert {c.id for c in chunks} == {chunks[0].id}
+
+
+def test_chat_stream_plain_model(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(model="srm", messages=GO, max_tokens=30)
+    chunks = list(
+        client.chat.completions.create(model="srm", messages=GO, max_tokens=30, stream=True)
+    )
+    assert len(chunks) > 3, "text arrives in pieces"
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks)
+        == whole.choices[0].message.content
+    )
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason == "length"
+    assert chunks[-1].usage is not None and whole.usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens == 30
+
+
+def test_completions_plain_and_streaming(client: openai.OpenAI, local: RankGuidePipeline) -> None:
+    prompt = raw_prompt(local)
+    resp = client.completions.create(model="lrm", prompt=prompt, max_tokens=40)
+    expected, outcome = local_plain(local, "lrm", "completions", prompt=prompt, max_tokens=40)
+    assert resp.object == "text_completion" and resp.id.startswith("cmpl-")
+    assert resp.choices[0].text == expected
+    assert resp.choices[0].finish_reason == outcome.finish_reason
+    assert resp.usage is not None and resp.usage.prompt_tokens == outcome.prompt_tokens
+    chunks = list(client.completions.create(model="lrm", prompt=prompt, max_tokens=40, stream=True))
+    assert len(chunks) > 3
+    assert "".join(c.choices[0].text for c in chunks) == expected
+    assert chunks[-1].choices[0].finish_reason == outcome.finish_reason
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == outcome.completion_tokens
+
+
+def test_completions_rankguide_takes_the_prompt_as_question(
+    client: openai.OpenAI, local: RankGuidePipeline
+) -> None:
+    resp = client.completions.create(model="rankguide", prompt="go", max_tokens=200)
+    reference = local_run(local)
+    assert resp.choices[0].text == reference["answer"]
+    vendor = (resp.model_extra or {})["rankguide"]
+    assert [s["text"] for s in vendor["steps"]] == [s["text"] for s in reference["steps"]]
+    chunks = list(
+        client.completions.create(model="rankguide", prompt="go", max_tokens=200, stream=True)
+    )
+    assert "".join(c.choices[0].text for c in chunks) == reference["answer"]
+    steps = [(c.model_extra or {}).get("rankguide", {}).get("step") for c in chunks]
+    assert [s["text"] for s in steps if s] == [
+        s["text"] for s in reference["steps"] if not s["is_answer"]
+    ]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_strings_end_the_text_and_are_not_returned(
+    client: openai.OpenAI, local: RankGuidePipeline, stream: bool
+) -> None:
+    prompt = raw_prompt(local)
+    free = client.completions.create(model="lrm", prompt=prompt, max_tokens=60).choices[0].text
+    words = [w for w in re.findall(r"[a-z]{4,}", free) if free.index(w) > 0]
+    assert words, free
+    stop = words[0]  # several tokens: the tokenizer is per character
+    cut = free[: free.index(stop)]
+
+    def text_and_finish(**kwargs: Any) -> tuple[str, str | None]:
+        if not stream:
+            choice = client.completions.create(**kwargs).choices[0]
+            return choice.text, choice.finish_reason
+        chunks = list(client.completions.create(stream=True, **kwargs))
+        return "".join(c.choices[0].text for c in chunks), chunks[-1].choices[0].finish_reason
+
+    got = text_and_finish(model="lrm", prompt=prompt, max_tokens=60, stop=["never-seen", stop])
+    assert got == (cut, "stop")
+    # chat: the same stop on the served chat template
+    chat_free = client.chat.completions.create(model="lrm", messages=GO, max_tokens=60)
+    chat_text = chat_free.choices[0].message.content or ""
+    assert chat_text == free
+    if stream:
+        chunks = list(
+            client.chat.completions.create(
+                model="lrm", messages=GO, max_tokens=60, stop=stop, stream=True
+            )
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks)
+        finish = chunks[-1].choices[0].finish_reason
+    else:
+        choice = client.chat.completions.create(
+            model="lrm", messages=GO, max_tokens=60, stop=stop
+        ).choices[0]
+        text, finish = choice.message.content or "", choice.finish_reason
+    assert (text, finish) == (cut, "stop")
+    assert stop not in text
+
+
+def test_per_request_extras(client: openai.OpenAI, local: RankGuidePipeline) -> None:
+    for policy in ("srm", "lrm"):
+        resp = client.chat.completions.create(
+            model="rankguide",
+            messages=GO,
+            max_tokens=200,
+            extra_body={"rankguide": {"policy": policy}},
+        )
+        vendor = (resp.model_extra or {})["rankguide"]
+        reference = local_run(local, policy=policy)
+        assert {s["author"] for s in vendor["steps"]} == {policy}
+        assert [s["text"] for s in vendor["steps"]] == [s["text"] for s in reference["steps"]]
+        idle = "lrm" if policy == "srm" else "srm"
+        assert vendor["usage_by_model"][idle] == {"prefill_tokens": 0, "decode_tokens": 0}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="rankguide", messages=GO, extra_body={"rankguide": {"policy": "oracle"}}
+        )
+    assert caught.value.status_code == 400
+    assert "rankguide.policy" in caught.value.message
+
+
+# --------------------------------------------------------------------------- error statuses
+
+
+def test_malformed_json_is_400(http: httpx.Client) -> None:
+    for path in ("/chat/completions", "/completions"):
+        response = http.post(
+            path,
+            content=b'{"model": "srm", "prompt": ',
+            headers={"content-type": "application/json"},
+        )
+        error = assert_error(response, 400, "invalid_request_error")
+        assert "JSON" in error["message"]
+    assert_error(
+        http.post("/completions", json=["not", "an", "object"]), 400, "invalid_request_error"
+    )
+
+
+@pytest.mark.parametrize(
+    "path,body,param",
+    [
+        ("/completions", {"model": "srm", "prompt": "go", "max_tokens": "many"}, "max_tokens"),
+        ("/completions", {"model": "srm", "prompt": 7}, "prompt"),
+        ("/completions", {"model": "srm"}, "prompt"),
+        ("/completions", {"model": "srm", "prompt": "go", "temperature": 5}, "temperature"),
+        (
+            "/completions",
+            {"model": "srm", "prompt": "go", "stop": ["a", "b", "c", "d", "e"]},
+            "stop",
+        ),
+        ("/chat/completions", {"model": "srm"}, "messages"),
+        ("/chat/completions", {"model": "srm", "messages": [{"role": "robot"}]}, "messages.0.role"),
+        ("/chat/completions", {"model": "srm", "messages": GO, "n": 2}, "n"),
+        ("/chat/completions", {"model": "srm", "messages": GO, "stream": "sometimes"}, "stream"),
+        (
+            "/chat/completions",
+            {"model": "rankguide", "messages": GO, "rankguide": {"policy": "oracle"}},
+            "rankguide.policy",
+        ),
+        (
+            "/chat/completions",
+            {"model": "rankguide", "messages": GO, "rankguide": {"unknown": 1}},
+            "rankguide.unknown",
+        ),
+    ],
+)
+def test_wrong_types_are_400_naming_the_field(
+    http: httpx.Client, path: str, body: dict[str, Any], param: str
+) -> None:
+    error = assert_error(http.post(path, json=body), 400, "invalid_request_error", param)
+    assert error["message"].startswith(f"{param}:")
+
+
+def test_unknown_model_is_404(http: httpx.Client) -> None:
+    for path, body in (
+        ("/chat/completions", {"model": "gpt-9", "messages": GO}),
+        ("/completions", {"model": "gpt-9", "prompt": "go"}),
+    ):
+        error = assert_error(http.post(path, json=body), 404, "invalid_request_error", "model")
+        assert "gpt-9" in error["message"]
+
+
+def test_max_tokens_over_the_limit_is_400(http: httpx.Client, client: openai.OpenAI) -> None:
+    over = SERVE_MAX_TOKENS + 1
+    for path, body in (
+        ("/completions", {"model": "srm", "prompt": "go", "max_tokens": over}),
+        ("/chat/completions", {"model": "srm", "messages": GO, "max_tokens": over}),
+        ("/chat/completions", {"model": "srm", "messages": GO, "max_completion_tokens": over}),
+    ):
+        error = assert_error(http.post(path, json=body), 400, "invalid_request_error", "max_tokens")
+        assert str(SERVE_MAX_TOKENS) in error["message"]
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="srm", prompt="go", max_tokens=over)
+
+
+def test_oversize_body_is_413(http: httpx.Client) -> None:
+    body = json.dumps({"model": "srm", "prompt": "x" * SERVE_MAX_BODY}).encode()
+    assert_error(
+        http.post("/completions", content=body, headers={"content-type": "application/json"}),
+        413,
+        "invalid_request_error",
+    )
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the body is counted as it arrives
+        for start in range(0, len(body), 8192):
+            yield body[start : start + 8192]
+
+    assert_error(
+        http.post("/completions", content=chunks(), headers={"content-type": "application/json"}),
+        413,
+        "invalid_request_error",
+    )
+
+
+# --------------------------------------------------------------------------- in-process apps
+
+
+class Ticker:
+    """A slow handler: one piece every ``delay`` seconds; counts what it produced."""
+
+    def __init__(self, delay: float = 0.05, n: int = 400) -> None:
+        self.delay = delay
+        self.n = n
+        self.produced = 0
+        self.ended = threading.Event()
+
+    def _run(self, request: Any, cancelled: Callable[[], bool]) -> Generation:
+        n = request.max_tokens or self.n
+        try:
+            for i in range(n):
+                if cancelled():
+                    raise Cancelled("request cancelled")
+                time.sleep(self.delay)
+                self.produced += 1
+                yield Piece(f"t{i} ")
+            return Outcome("length", 1, n)
+        finally:
+            self.ended.set()
+
+    def chat(self, request: Any, cancelled: Callable[[], bool]) -> Generation:
+        return self._run(request, cancelled)
+
+    def complete(self, request: Any, cancelled: Callable[[], bool]) -> Generation:
+        return self._run(request, cancelled)
+
+
+class Counting:
+    """Wrap a real handler: slow down its cancellation checks and count the pieces it yields."""
+
+    def __init__(self, inner: PlainModelHandler, delay: float) -> None:
+        self.inner = inner
+        self.delay = delay
+        self.pieces = 0
+        self.ended = threading.Event()
+
+    def _count(self, generation: Generation) -> Generation:
+        try:
+            while True:
+                try:
+                    piece = next(generation)
+                except StopIteration as done:
+                    return done.value
+                self.pieces += 1
+                yield piece
+        finally:
+            generation.close()
+            self.ended.set()
+
+    def _slow(self, cancelled: Callable[[], bool]) -> Callable[[], bool]:
+        def check() -> bool:
+            time.sleep(self.delay)
+            return cancelled()
+
+        return check
+
+    def chat(self, request: Any, cancelled: Callable[[], bool]) -> Generation:
+        return self._count(self.inner.chat(request, self._slow(cancelled)))
+
+    def complete(self, request: Any, cancelled: Callable[[], bool]) -> Generation:
+        return self._count(self.inner.complete(request, self._slow(cancelled)))
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def first_event(lines: Iterator[str]) -> str:
+    for line in lines:
+        if line.startswith("data: "):
+            return line
+    raise AssertionError("the stream ended without an event")
+
+
+def test_bearer_token_is_required() -> None:
+    app = create_app({"tick": Ticker(delay=0, n=3)}, api_key=SecretStr(KEY))
+    with InProcessServer(app) as server, httpx.Client(base_url=server.v1) as http:
+        body = {"model": "tick", "prompt": "go"}
+        for headers in (
+            {},
+            {"Authorization": "Bearer sk-wrong"},
+            {"Authorization": f"Bearer {KEY}x"},
+            {"Authorization": f"Bearer {KEY[:-1]}"},
+            {"Authorization": KEY},
+            {"Authorization": f"Basic {KEY}"},
+        ):
+            response = http.post("/completions", json=body, headers=headers)
+            assert_error(response, 401, "authentication_error")
+            assert KEY not in response.text
+        assert_error(http.get("/models"), 401, "authentication_error")
+        ok = http.post("/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+        assert ok.status_code == 200 and ok.json()["choices"][0]["text"] == "t0 t1 t2 "
+        with openai.OpenAI(base_url=server.v1, api_key="sk-wrong", max_retries=0) as wrong:
+            with pytest.raises(openai.AuthenticationError):
+                wrong.models.list()
+        with openai.OpenAI(base_url=server.v1, api_key=KEY, max_retries=0) as right:
+            assert [m.id for m in right.models.list().data] == ["tick"]
+
+
+def test_full_queue_is_429_with_retry_after() -> None:
+    ticker = Ticker(delay=0.05, n=400)
+    limits = ServerLimits(max_concurrency=1, max_queue=1, retry_after_s=3)
+    app = create_app({"tick": ticker}, limits=limits)
+    admission = app.state.admission
+    body = {"model": "tick", "prompt": "go"}
+    with InProcessServer(app) as server, httpx.Client(base_url=server.v1, timeout=30) as http:
+        with http.stream("POST", "/completions", json={**body, "stream": True}) as held:
+            events = held.iter_lines()  # kept: dropping the iterator closes the connection
+            first_event(events)  # the first request generates
+            queued: list[httpx.Response] = []
+            waiter = threading.Thread(
+                target=lambda: queued.append(
+                    http.post("/completions", json={**body, "max_tokens": 2})
+                )
+            )
+            waiter.start()
+            assert wait_until(lambda: admission._inside == 2), "the second request waits"
+            refused = http.post("/completions", json=body)
+            assert_error(refused, 429, "rate_limit_error")
+            assert refused.headers["retry-after"] == "3"
+            with openai.OpenAI(base_url=server.v1, api_key="x", max_retries=0) as c:
+                with pytest.raises(openai.RateLimitError):
+                    c.completions.create(model="tick", prompt="go")
+            assert not queued, "the queued request waits for the slot"
+        # The held stream is closed: its slot goes to the queued request.
+        waiter.join(timeout=20)
+        assert queued and queued[0].status_code == 200
+        assert queued[0].json()["choices"][0]["finish_reason"] == "length"
+        assert wait_until(lambda: admission._inside == 0)
+        assert admission.rejected == 2
+
+
+def test_deadline_is_504_and_stops_the_work() -> None:
+    ticker = Ticker(delay=0.05, n=400)
+    app = create_app({"tick": ticker}, limits=ServerLimits(request_timeout_s=0.5))
+    with InProcessServer(app) as server, httpx.Client(base_url=server.v1, timeout=30) as http:
+        started = time.monotonic()
+        response = http.post("/completions", json={"model": "tick", "prompt": "go"})
+        assert_error(response, 504, "timeout_error")
+        assert time.monotonic() - started < 5
+        assert ticker.ended.is_set() and ticker.produced < 40
+        # Streaming: the error arrives as the last event, then the stream ends.
+        ticker.ended.clear()
+        with http.stream(
+            "POST", "/chat/completions", json={"model": "tick", "messages": GO, "stream": True}
+        ) as stream:
+            events = [line for line in stream.iter_lines() if line.startswith("data: ")]
+        assert json.loads(events[-1][6:])["error"]["type"] == "timeout_error"
+        assert "data: [DONE]" not in events
+        assert ticker.ended.wait(5)
+        assert wait_until(lambda: app.state.admission._inside == 0)
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_client_disconnect_stops_generation(local: RankGuidePipeline, endpoint: str) -> None:
+    handler = Counting(PlainModelHandler(local.srm, role="srm", max_tokens=512), delay=0.05)
+    app = create_app({"srm": handler})
+    path, body = (
+        ("/completions", {"prompt": raw_prompt(local)})
+        if endpoint == "completions"
+        else ("/chat/completions", {"messages": GO})
+    )
+    body = {"model": "srm", "max_tokens": 400, "stream": True, **body}
+    with InProcessServer(app) as server, httpx.Client(base_url=server.v1, timeout=30) as http:
+        with http.stream("POST", path, json=body) as stream:
+            lines = stream.iter_lines()
+            first_event(lines)
+            first_event(lines)
+        # The client is gone after two events; generation must stop within a few tokens.
+        assert handler.ended.wait(5), "the generation was not closed"
+        stopped_at = handler.pieces
+        assert stopped_at < 20
+        time.sleep(0.3)
+        assert handler.pieces == stopped_at
+        assert wait_until(lambda: app.state.admission._inside == 0), "the slot was not released"
+        # The server still serves.
+        again = http.post(path, json={**body, "stream": False, "max_tokens": 3})
+        assert again.status_code == 200
+
+
+def test_unreachable_lrm_is_502(tiny_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    from remote_servers import refused_url
+    from server_fixtures import tiny_config_data, write_config
+
+    from langchain_rankguide.server.app import build_app_from_config
+
+    url = refused_url()
+    lrm = {
+        "provider": "openai_compatible",
+        "base_url": url,
+        "model": "lrm",
+        "tokenizer": str(tiny_pair[1]),
+        "retries": {"max_attempts": 1},
+        "on_failure": "fail",
+    }
+    path = write_config(tmp_path / "remote.yaml", tiny_config_data(tiny_pair[0], lrm))
+    app = build_app_from_config(load_config(str(path)))
+    body = {"model": "rankguide", "messages": GO, "rankguide": {"policy": "lrm"}}
+    with InProcessServer(app) as server, httpx.Client(base_url=server.v1, timeout=60) as http:
+        assert [m["id"] for m in http.get("/models").json()["data"]] == [
+            "rankguide",
+            "srm",
+            "tiny-srm",
+        ], "a remote LRM is not served"
+        error = assert_error(http.post("/chat/completions", json=body), 502, "server_error")
+        assert f"{url}/completions" in error["message"]
+        with http.stream("POST", "/chat/completions", json={**body, "stream": True}) as stream:
+            events = [line for line in stream.iter_lines() if line.startswith("data: ")]
+        assert json.loads(events[-1][6:])["error"]["type"] == "server_error"
+        assert "data: [DONE]" not in events
+        assert wait_until(lambda: app.state.admission._inside == 0)
