@@ -25,3 +25,7 @@ class SignalError(RankGuideError, ValueError):
 
 class CalibrationError(RankGuideError, ValueError):
     """A calibration file is malformed, of an unknown version, or fitted for other models."""
+
+
+class InputError(RankGuideError, ValueError):
+    """A question or prompt cannot be used: empty, not text, or longer than the context window."""

@@ -37,7 +37,7 @@ from langchain_rankguide.engine import (
     StepSettings,
 )
 from langchain_rankguide.engine.text import encode_continuation
-from langchain_rankguide.errors import RankGuideError
+from langchain_rankguide.errors import InputError, RankGuideError
 from langchain_rankguide.lrm import LocalLRM, LRMBackend, WrittenStep, render_prompt
 from langchain_rankguide.routing import (
     RouteDecision,
@@ -66,6 +66,20 @@ if TYPE_CHECKING:
 
 class LRMFailure(RankGuideError):
     """The LRM could not write a step and the failure policy is ``fail``."""
+
+
+def check_question(question: Any) -> str:
+    """Return ``question`` if it can be asked; raise :class:`InputError` naming the problem."""
+    if not isinstance(question, str):
+        raise InputError(f"the question must be text, not {type(question).__name__}")
+    if not question.strip():
+        raise InputError("the question is empty")
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError:
+        # Undecodable bytes (e.g. from a non-UTF-8 command line) arrive as lone surrogates.
+        raise InputError("the question is not valid text: it holds non-UTF-8 bytes") from None
+    return question
 
 
 def demo_calibration_path() -> Path:
@@ -214,7 +228,12 @@ class RankGuidePipeline:
         )
 
     def messages(self, question: str) -> list[dict[str, Any]]:
-        """The chat messages of a question, as configured (system prompt, step instruction)."""
+        """The chat messages of a question, as configured (system prompt, step instruction).
+
+        Raises:
+            InputError: the question is empty or not text.
+        """
+        check_question(question)
         prompt = self.config.prompt
         system = "\n\n".join(p for p in (prompt.system, prompt.step_instruction) if p)
         messages: list[dict[str, Any]] = []

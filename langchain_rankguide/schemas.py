@@ -451,6 +451,9 @@ class Calibration:
             raise CalibrationError(f"calibration file not found: {path}") from None
         except json.JSONDecodeError as exc:
             raise CalibrationError(f"calibration file {path} is not valid JSON: {exc}") from None
+        except (UnicodeDecodeError, OSError) as exc:
+            # Binary files (a pickle, a tensor file) and unreadable paths are refused, not run.
+            raise CalibrationError(f"calibration file {path} is not JSON text: {exc}") from None
         try:
             return cls.from_dict(data)
         except CalibrationError as exc:

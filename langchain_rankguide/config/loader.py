@@ -78,8 +78,8 @@ def parse_yaml(text: str, source: str) -> Any:
         if problem.startswith("duplicate key"):
             raise ConfigError(f"{source}: {problem}{where} ({exc.context})") from None
         raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: invalid YAML: {exc}") from None
+    except yaml.YAMLError as exc:  # e.g. a control character the reader refuses
+        raise ConfigError(f"{source}: invalid YAML: {' '.join(str(exc).split())}") from None
     return {} if data is None else data
 
 

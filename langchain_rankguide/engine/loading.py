@@ -33,6 +33,8 @@ class LoadedModel:
         source: the path the weights were loaded from.
         num_layers: number of decoder blocks.
         hidden_size: width of the residual stream.
+        context_length: the model's context window in tokens (``max_position_embeddings``),
+            ``None`` when its configuration does not say.
         lock: serialises forward passes, so per-request hooks never see another request.
     """
 
@@ -42,6 +44,7 @@ class LoadedModel:
     source: str
     num_layers: int
     hidden_size: int
+    context_length: int | None = None
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
@@ -140,9 +143,13 @@ def load_model(
             local_files_only=True,
             trust_remote_code=trust_remote_code,
         )
-    except OSError as exc:
+    except Exception as exc:
+        # Unknown architectures, broken config.json, tokenizer or weight files raise ValueError,
+        # TypeError or SafetensorError, not only OSError; all are one clear line.
         hint = "" if os.path.isdir(source) else " (not a local folder, and not in the local cache)"
-        raise ModelLoadError(f"cannot load model {spec!r}{hint}: {exc}") from None
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        why = why if len(why) <= 300 else why[:297] + "..."
+        raise ModelLoadError(f"cannot load model {spec!r}{hint}: {why}") from None
     model = model.to(device)  # type: ignore[arg-type]
     model.eval()
     config = model.config
@@ -154,7 +161,13 @@ def load_model(
         source=source,
         num_layers=int(text_config.num_hidden_layers),
         hidden_size=int(text_config.hidden_size),
+        context_length=_context_length(text_config),
     )
+
+
+def _context_length(config: Any) -> int | None:
+    value = getattr(config, "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None
 
 
 class ModelRegistry:

@@ -57,4 +57,8 @@ def choose_token(
         drop = cumulative - torch.softmax(sorted_scores, dim=-1) > settings.top_p
         scores = scores.scatter(0, order[drop], float("-inf"))
     probs = torch.softmax(scores, dim=-1)
+    if not bool(torch.isfinite(probs).all()):
+        # NaN/inf logits (a numerical fault in the model) cannot be sampled; choose as greedy
+        # does, so the step is still drafted and its signals flag the fault for the router.
+        return int(torch.argmax(logprobs))
     return int(torch.multinomial(probs, 1, generator=generator))

@@ -34,7 +34,7 @@ from langchain_rankguide.engine.text import (
     encode_continuation,
     find_marker,
 )
-from langchain_rankguide.errors import EngineError
+from langchain_rankguide.errors import EngineError, InputError
 from langchain_rankguide.schemas import FinishReason, Usage
 
 
@@ -253,6 +253,12 @@ class StepEngine:
         """
         if not prompt_ids:
             raise EngineError("the prompt is empty: nothing to condition the model on")
+        window = self.loaded.context_length
+        if window is not None and len(prompt_ids) >= window:
+            raise InputError(
+                f"the prompt is {len(prompt_ids)} tokens, too long for the {self.role.upper()}'s "
+                f"context window of {window} tokens"
+            )
         if self._cache is None:
             self._cache = _new_cache(self.loaded.model)
         self.finished = False

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from langchain_rankguide.engine import LoadedModel, SamplingSettings, StepEngine, StepSettings
-from langchain_rankguide.errors import RankGuideError
+from langchain_rankguide.errors import ConfigError, InputError, RankGuideError
 from langchain_rankguide.lrm import render_prompt
+from langchain_rankguide.pipeline import RunOptions
 from langchain_rankguide.server.protocol import ChatCompletionRequest, CompletionRequest
 
 
@@ -141,6 +142,11 @@ class RankGuideHandler:
         cancelled: Callable[[], bool],
     ) -> Generation:
         extras = request.rankguide.model_dump(exclude_none=True) if request.rankguide else {}
+        if "policy" in extras:
+            try:  # a policy this server cannot run (no calibration) is the request's problem
+                self.graph.pipeline.router(RunOptions(policy=extras["policy"]))
+            except ConfigError as exc:
+                raise InputError(f"rankguide.policy: {exc}") from None
         configurable: dict[str, Any] = {"thread_id": uuid.uuid4().hex, **extras}
         if request.seed is not None:
             configurable.setdefault("seed", request.seed)

@@ -1,0 +1,342 @@
+"""Durability: a ``rankguide run`` killed with SIGKILL resumes from its SQLite checkpoint with no
+committed step lost or duplicated; numerical faults escalate with a recorded reason.
+
+The killed processes are real: ``python -c HOOK run --checkpoint DB --thread-id T ...`` runs the
+CLI's own ``main`` after HOOK wraps one graph node so that its Nth call SIGKILLs the process once
+the state the node was handed is on disk. ``guard:N`` is therefore a kill between the Nth SRM
+draft and its guard (the draft is checkpointed, the decision is not), ``lrm_step:N`` a kill with
+an escalation pending, ``srm_step:N`` a kill between committed steps. One more run is killed
+from outside at an arbitrary moment while it prints its trace. The resume runs in this process
+(``cli.main``) and must equal an uninterrupted run step for step.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from server_fixtures import REPO, child_env, tiny_config_data, write_config
+
+from langchain_rankguide.cli import main
+from langchain_rankguide.config import load_config
+from langchain_rankguide.engine.hooks import find_decoder_layers
+from langchain_rankguide.graph import build_graph
+from langchain_rankguide.pipeline import RunSession
+
+THREAD = "durable-1"
+QUESTION = "go"
+
+# Runs in the child before the CLI: wraps graph node RG_TEST_KILL_AT="<node>:<n>" so its n-th
+# call waits until the checkpoint on disk holds the state it was handed, then SIGKILLs the
+# process; RG_TEST_SLOW_S slows every forward pass (for the kill from outside).
+HOOK = r"""
+import os, signal, sqlite3, sys, time
+import torch
+torch.set_num_threads(1)
+from langchain_rankguide import graph as _graph
+from langchain_rankguide.engine import step_engine as _engine
+
+slow = float(os.environ.get("RG_TEST_SLOW_S") or 0)
+if slow:
+    _feed = _engine.StepEngine._feed
+    def _slow_feed(self, *args, **kwargs):
+        time.sleep(slow)
+        return _feed(self, *args, **kwargs)
+    _engine.StepEngine._feed = _slow_feed
+
+kill_at = os.environ.get("RG_TEST_KILL_AT")
+if kill_at:
+    node, nth = kill_at.split(":")
+    db, thread = os.environ["RG_TEST_KILL_DB"], os.environ["RG_TEST_KILL_THREAD"]
+    original = getattr(_graph._Nodes, node)
+    calls = [0]
+
+    savers = []
+
+    def _on_disk(state):
+        if not savers:
+            from langgraph.checkpoint.sqlite import SqliteSaver
+            savers.append(SqliteSaver(sqlite3.connect(db, check_same_thread=False)))
+        found = savers[0].get_tuple({"configurable": {"thread_id": thread}})
+        if found is None:
+            return False
+        values = found.checkpoint["channel_values"]
+        return (values.get("steps", []) == state.get("steps", [])
+                and values.get("pending") == state.get("pending"))
+
+    def wrapped(self, state, config):
+        calls[0] += 1
+        if calls[0] == int(nth):
+            deadline = time.monotonic() + 60
+            while not _on_disk(state) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, state, config)
+
+    setattr(_graph._Nodes, node, wrapped)
+
+from langchain_rankguide.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+# The reference run: srm_step guard | srm_step lrm_step x3 | srm_step guard | srm_step lrm_step.
+KILL_POINTS = ["guard:2", "lrm_step:2", "srm_step:3"]
+
+
+def strip(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Step records without wall-clock fields."""
+    return [
+        {k: v for k, v in s.items() if k not in ("latency_s", "draft_latency_s")} for s in steps
+    ]
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
+    code = main(["run", *argv, "--json", QUESTION])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)
+
+
+def saved_state(config_path: Path, db: Path) -> Any:
+    """The run's latest checkpoint, read as a fresh process would."""
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    saver = SqliteSaver(sqlite3.connect(db, check_same_thread=False))
+    graph = build_graph(load_config(config_path), checkpointer=saver)
+    return graph.get_state({"configurable": {"thread_id": THREAD}})
+
+
+@pytest.fixture(scope="module")
+def config_path(tiny_pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("durable")
+    # The random policy at 0.5 mixes SRM and LRM steps; the run ends in an answer at step 6.
+    return write_config(folder / "tiny.yaml", tiny_config_data(*tiny_pair))
+
+
+@pytest.fixture(scope="module")
+def reference(config_path: Path) -> dict[str, Any]:
+    """The uninterrupted run (no checkpointer), through the CLI."""
+    from langchain_rankguide.commands.run import result_json
+
+    state = build_graph(load_config(config_path)).invoke({"question": QUESTION})
+    return result_json(state, 0.0)
+
+
+def child(config_path: Path, db: Path, env: dict[str, str], **popen: Any) -> subprocess.Popen[Any]:
+    argv = ["run", "--config", str(config_path), "--checkpoint", str(db), "--thread-id", THREAD]
+    return subprocess.Popen(
+        [sys.executable, "-c", HOOK, *argv, QUESTION], env=env, cwd=REPO, **popen
+    )
+
+
+@pytest.fixture(scope="module")
+def killed(config_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One real CLI process per kill point, run side by side; each dies by SIGKILL."""
+    folder = tmp_path_factory.mktemp("killed")
+    procs: dict[str, tuple[subprocess.Popen[Any], Path]] = {}
+    for point in KILL_POINTS:
+        db = folder / f"{point.replace(':', '-')}.sqlite"
+        env = child_env(RG_TEST_KILL_AT=point, RG_TEST_KILL_DB=str(db), RG_TEST_KILL_THREAD=THREAD)
+        procs[point] = (
+            child(config_path, db, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE),
+            db,
+        )
+    out: dict[str, Path] = {}
+    for point, (proc, db) in procs.items():
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == -signal.SIGKILL, f"{point}: not killed\n{err.decode()[-2000:]}"
+        out[point] = db
+    return out
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_sigkilled_run_resumes_without_losing_or_repeating_a_step(
+    capsys: pytest.CaptureFixture[str],
+    config_path: Path,
+    reference: dict[str, Any],
+    killed: dict[str, Path],
+    point: str,
+) -> None:
+    db = killed[point]
+    node = point.split(":")[0]
+    saved = saved_state(config_path, db)
+    assert saved.next == (node,), f"killed before {node}, the checkpoint must resume there"
+    committed = saved.values.get("steps", [])
+    assert 0 < len(committed) < len(reference["steps"]), "the kill must land mid-run"
+    if node in ("guard", "lrm_step"):
+        pending = saved.values["pending"]
+        assert pending is not None and pending["index"] == len(committed)
+        if node == "guard":
+            assert pending["text"], "the SRM draft itself is in the checkpoint"
+
+    resumed = run_json(
+        capsys, "--config", str(config_path), "--checkpoint", str(db), "--thread-id", THREAD
+    )
+    assert strip(resumed["steps"]) == strip(reference["steps"])
+    assert [s["text"] for s in resumed["steps"][: len(committed)]] == [
+        s["text"] for s in committed
+    ], "the committed steps are kept as they were"
+    assert resumed["answer"] == reference["answer"]
+    assert resumed["stop_reason"] == reference["stop_reason"]
+    # Tokens generated are counted once: a resumed draft is restored, not generated again.
+    for model in ("srm", "lrm"):
+        assert (
+            resumed["usage"][model]["decode_tokens"] == reference["usage"][model]["decode_tokens"]
+        )
+    final = saved_state(config_path, db)
+    assert final.next == ()
+    assert [s["index"] for s in final.values["steps"]] == list(range(len(reference["steps"])))
+
+
+def test_run_killed_from_outside_mid_trace_resumes(
+    capsys: pytest.CaptureFixture[str],
+    config_path: Path,
+    reference: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """SIGKILL from outside at whatever moment the second step is printed."""
+    db = tmp_path / "outside.sqlite"
+    proc = child(
+        config_path,
+        db,
+        child_env(RG_TEST_SLOW_S="0.01"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the live trace: "[ 0] SRM accept ...", one header per step
+        seen.append(line)
+        if line.startswith("[ 1]"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    saved = saved_state(config_path, db)
+    assert saved.next, "the run was unfinished when it was killed"
+    resumed = run_json(
+        capsys, "--config", str(config_path), "--checkpoint", str(db), "--thread-id", THREAD
+    )
+    assert strip(resumed["steps"]) == strip(reference["steps"])
+
+
+# --------------------------------------------------------------------------- numerical faults
+
+
+class NaNResidual:
+    """An engine intervention that writes NaN into the residual stream entering one block while
+    ``armed`` (the engine's ``interventions=`` protocol, like a steering vector)."""
+
+    def __init__(self, layer: int) -> None:
+        self.layer = layer
+        self.armed = False
+        self.fired = 0
+
+    @contextmanager
+    def __call__(self, model: Any, positions: torch.Tensor, input_ids: Any) -> Iterator[None]:
+        def pre_hook(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if not self.armed:
+                return None
+            self.fired += 1
+            if args:
+                return (torch.full_like(args[0], float("nan")), *args[1:]), kwargs
+            return args, {
+                **kwargs,
+                "hidden_states": torch.full_like(kwargs["hidden_states"], float("nan")),
+            }
+
+        block = find_decoder_layers(model)[self.layer]
+        handle = block.register_forward_pre_hook(pre_hook, with_kwargs=True, prepend=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+
+def test_nan_hidden_states_at_one_step_escalate_with_a_reason(
+    tiny_pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The rank policy with an unreachable threshold: only a numerical fault escalates.
+    data = tiny_config_data(*tiny_pair, routing={"policy": "rank", "threshold": 1e9})
+    config = load_config(None, overrides=data)
+    clean = build_graph(config).invoke({"question": QUESTION})
+    assert {s["author"] for s in clean["steps"]} == {"srm"}
+
+    fault = NaNResidual(layer=1)  # the signal layer of the 2-block SRM
+    broken_step = 2
+    draft = RunSession.draft
+
+    def draft_with_fault(self: RunSession, index: int, max_new: int, *, answer_phase: bool) -> Any:
+        fault.armed = index == broken_step
+        try:
+            return draft(self, index, max_new, answer_phase=answer_phase)
+        finally:
+            fault.armed = False
+
+    monkeypatch.setattr(RunSession, "draft", draft_with_fault)
+    monkeypatch.setattr(RunSession, "_interventions", lambda self, loaded, n: [fault])
+    state = build_graph(config).invoke({"question": QUESTION})
+    assert fault.fired > 0
+    json.dumps(state, allow_nan=False)  # the fault left no NaN in the state
+    step = state["steps"][broken_step]
+    assert step["author"] == "lrm" and step["escalated"] and step["decision"] == "escalate"
+    assert step["failure_mode"] == "numerical_fault"
+    assert "non-finite hidden states" in step["reason"]
+    assert step["signals"]["rank.window.effective"] is None
+    assert "non-finite" in step["signal_notes"]["rank.window.effective"]
+    assert step["draft_text"] is not None, "the faulty draft is recorded, not committed"
+    others = [s for s in state["steps"] if s["index"] != broken_step]
+    assert all(s["failure_mode"] != "numerical_fault" and s["author"] == "srm" for s in others)
+    # Before the fault the run is the clean run, step for step.
+    assert strip(state["steps"][:broken_step]) == strip(clean["steps"][:broken_step])
+
+
+@pytest.fixture(scope="module")
+def inf_srm(tiny_pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny SRM whose first MLP has infinite weights: every hidden state from
+    block 1 on, and every logit, is NaN or infinite."""
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("inf") / "tiny-srm-inf"
+    shutil.copytree(tiny_pair[0], folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.fill_(float("inf"))
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8], ids=["greedy", "sampling"])
+def test_model_with_infinite_weights_escalates_every_step_instead_of_crashing(
+    capsys: pytest.CaptureFixture[str],
+    tiny_pair: tuple[Path, Path],
+    inf_srm: Path,
+    tmp_path: Path,
+    temperature: float,
+) -> None:
+    data = tiny_config_data(
+        inf_srm,
+        tiny_pair[1],
+        routing={"policy": "rank", "threshold": 1e9},
+        sampling={"temperature": temperature, "seed": 3},
+        steps={"max_steps": 4},
+    )
+    config_path = write_config(tmp_path / "inf.yaml", data)
+    result = run_json(capsys, "--config", str(config_path))  # exit 0, NaN-free JSON
+    assert result["steps"]
+    for step in result["steps"]:
+        assert step["author"] == "lrm" and step["escalated"]
+        assert step["failure_mode"] == "numerical_fault"
+        assert "non-finite" in step["reason"]

@@ -1,0 +1,112 @@
+"""The server under 32 concurrent clients on loopback: correct, isolated, back-pressured.
+
+The measurement lives in ``scripts/load_test.py`` (run there longer, against a real
+``rankguide serve`` process, for the figures in ``docs/reliability.md``); here it runs briefly
+against the app under uvicorn in this process, so the admission queue can be watched. Only
+behaviour is asserted, never speed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import torch
+from server_fixtures import REPO, InProcessServer
+
+from langchain_rankguide.config import load_config
+from langchain_rankguide.server.app import ServerLimits, build_app_from_config
+from langchain_rankguide.steering import SteeringVector
+
+CLIENTS = 32
+REQUESTS_PER_CLIENT = 3
+CONCURRENCY = 2
+QUEUE = 6
+
+
+def _load_script() -> Any:
+    spec = importlib.util.spec_from_file_location("load_test", REPO / "scripts" / "load_test.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["load_test"] = module  # dataclasses resolve annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+load_test = _load_script()
+
+
+@pytest.fixture(scope="module")
+def app(tiny_pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    folder = tmp_path_factory.mktemp("load")
+    vector = SteeringVector(
+        torch.randn(32, generator=torch.Generator().manual_seed(0)) * 8,
+        layer=1,
+        model_identity=tiny_pair[0].resolve().name,
+    ).save(folder / "steer.safetensors")
+    config = load_config(None, overrides=load_test.steering_config(*tiny_pair, vector))
+    limits = ServerLimits(
+        max_concurrency=CONCURRENCY, max_queue=QUEUE, max_tokens=64, retry_after_s=1
+    )
+    return build_app_from_config(config, limits=limits)
+
+
+def test_32_concurrent_clients_get_correct_isolated_answers_or_429(app: Any) -> None:
+    admission = app.state.admission
+    capacity = CONCURRENCY + QUEUE
+    inside: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:  # how many requests the server holds at once
+        while not stop.wait(0.005):
+            inside.append(admission._inside)
+
+    process = psutil.Process(os.getpid())
+    with InProcessServer(app) as server:
+        refs = load_test.references(server.v1)
+        # The kinds differ from one another, so a leak of state or steering would show.
+        assert len({repr(a) for a in refs.values()}) == len(refs)
+        assert refs["rg-srm"] != refs["rg-srm-steered"], "steering changes the SRM's steps"
+        rss_before = process.memory_info().rss
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        results, wall = load_test.run_clients(
+            server.v1,
+            clients=CLIENTS,
+            requests_per_client=REQUESTS_PER_CLIENT,
+            max_attempts=40,
+            deadline_s=40,
+        )
+        stop.set()
+        watcher.join(timeout=5)
+        rss_after = process.memory_info().rss
+        settled = time.monotonic() + 10
+        while admission._inside and time.monotonic() < settled:
+            time.sleep(0.02)
+        assert admission._inside == 0, "every admitted request left the queue"
+        # The server still answers after the load.
+        assert load_test.references(server.v1) == refs
+
+    figures = load_test.summarise(results, wall, refs)
+    print(
+        f"\nload: {figures['served']}/{figures['requests']} served, "
+        f"{figures['rejected_429']} x 429, latency served "
+        f"{figures['latency_served_ms']}, wall {wall:.1f} s, "
+        f"RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MB"
+    )
+    assert figures["requests"] == CLIENTS * REQUESTS_PER_CLIENT
+    assert figures["served"] == figures["requests"], "every request is served in the end"
+    assert figures["wrong_answers"] == 0, figures["wrong_kinds"]  # isolation, steering included
+    assert set(figures["status_counts"]) <= {"200", "429"}
+    assert figures["rejected_429"] > 0, "32 clients against 8 places: back-pressure shows"
+    assert figures["retry_after_missing"] == 0
+    assert admission.rejected == figures["rejected_429"]
+    assert max(inside) <= capacity, "the queue never held more than its bound"
+    assert max(inside) == capacity, "the queue filled up"
