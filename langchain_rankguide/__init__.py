@@ -19,6 +19,9 @@ _LAZY_EXPORTS: dict[str, str] = {
     "StepEngine": "langchain_rankguide.engine",
     "load_model": "langchain_rankguide.engine",
     "RankGuideConfig": "langchain_rankguide.config",
+    "build_graph": "langchain_rankguide.graph",
+    "ChatRankGuide": "langchain_rankguide.chat_models",
+    "ChatSteeredHuggingFace": "langchain_rankguide.chat_models",
     "load_config": "langchain_rankguide.config",
 }
 

@@ -146,4 +146,8 @@ def test_langgraph_json_graphs_import_and_compile():
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
         graph = getattr(module, attr)
-        assert set(graph.get_graph().nodes) >= {"start", "srm_step", "guard", "lrm_step", "finish"}
+        nodes = set(graph.get_graph().nodes)
+        if name == "rankguide":
+            assert nodes >= {"start", "srm_step", "guard", "lrm_step", "finish"}
+        else:
+            assert len(nodes) > 2

@@ -1,0 +1,143 @@
+"""Pieces both chat models share: parameter checks, stop strings, usage and async bridging."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+from langchain_core.messages.ai import UsageMetadata
+
+from langchain_rankguide.schemas import Usage
+
+T = TypeVar("T")
+
+IGNORED_HOSTED_PARAMS = frozenset({"api_key", "max_retries", "base_url", "organization"})
+"""Hosted-API constructor parameters a local model has no use for (accepted, with a warning)."""
+
+
+def warn_unknown(owner: str, names: Iterable[str], *, where: str) -> None:
+    """Warn about parameters that will not be used, so nothing is ignored silently."""
+    names = sorted(names)
+    if names:
+        warnings.warn(
+            f"{owner} ignores {', '.join(repr(n) for n in names)} ({where})",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def pop_unknown_init_kwargs(cls: type[Any], values: Any, *, owner: str) -> Any:
+    """Drop (with one warning) constructor keywords that are neither fields nor aliases."""
+    if not isinstance(values, dict):
+        return values
+    known: set[str] = set()
+    for name, info in cls.model_fields.items():
+        known.add(name)
+        if info.alias:
+            known.add(info.alias)
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        hosted = [k for k in unknown if k in IGNORED_HOSTED_PARAMS]
+        other = [k for k in unknown if k not in IGNORED_HOSTED_PARAMS]
+        if hosted:
+            warn_unknown(owner, hosted, where="a local model needs no API key, URL or retries")
+        if other:
+            warn_unknown(owner, other, where="not a parameter of this model")
+        values = {k: v for k, v in values.items() if k in known}
+    return values
+
+
+class StopMatcher:
+    r"""Cut streamed text at the first stop string, matching on decoded text.
+
+    Text that could still become the start of a stop string is held back, so a stop string
+    spread over several tokens (``"\n\nUser:"``) is never partly emitted.
+    """
+
+    def __init__(self, stops: Sequence[str] | None) -> None:
+        self.stops = [s for s in (stops or []) if s]
+        self._held = ""
+        self.hit: str | None = None
+        """The stop string that ended the text, once one did."""
+
+    def push(self, text: str) -> str:
+        """Add text; return what can be emitted now (nothing more once a stop string matched)."""
+        if self.hit is not None:
+            return ""
+        buffer = self._held + text
+        best: tuple[int, str] | None = None
+        for stop in self.stops:
+            at = buffer.find(stop)
+            if at >= 0 and (best is None or at < best[0]):
+                best = (at, stop)
+        if best is not None:
+            self.hit = best[1]
+            self._held = ""
+            return buffer[: best[0]]
+        keep = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(buffer)), 0, -1):
+                if buffer.endswith(stop[:n]):
+                    keep = max(keep, n)
+                    break
+        self._held = buffer[len(buffer) - keep :] if keep else ""
+        return buffer[: len(buffer) - keep]
+
+    def flush(self) -> str:
+        """Release held-back text at the end of generation."""
+        held, self._held = self._held, ""
+        return held if self.hit is None else ""
+
+
+def usage_metadata(
+    input_tokens: int, output_tokens: int, reasoning_tokens: int | None = None
+) -> UsageMetadata:
+    """LangChain's usage record (totals documented on each chat model)."""
+    usage = UsageMetadata(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        total_tokens=input_tokens + output_tokens,
+    )
+    if reasoning_tokens is not None:
+        usage["output_token_details"] = {"reasoning": reasoning_tokens}
+    return usage
+
+
+def plain_usage(usage: Mapping[str, Usage]) -> dict[str, dict[str, int]]:
+    """Per-model usage as plain JSON dicts (the shared usage shape)."""
+    return {
+        model: {
+            "prefill_tokens": int(u["prefill_tokens"]),
+            "decode_tokens": int(u["decode_tokens"]),
+        }
+        for model, u in usage.items()
+    }
+
+
+_DONE = object()
+
+
+async def iterate_in_thread(iterator: Iterator[T]) -> AsyncIterator[T]:
+    """Drive a blocking iterator from async code, one ``next`` per worker-thread call.
+
+    The event loop never blocks, and no thread outlives the iteration: each step runs in
+    ``asyncio.to_thread`` (which carries the context, so callbacks and tracing still work), and
+    the iterator is closed -- freeing the model's KV cache -- when the consumer stops early.
+    """
+    try:
+        while True:
+            item = await asyncio.to_thread(next, iterator, _DONE)
+            if item is _DONE:
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            try:
+                await asyncio.to_thread(close)
+            except ValueError:
+                # Cancelled while a step was still running in its thread: the generator is
+                # closed when it is collected instead.
+                pass

@@ -1,0 +1,492 @@
+r"""``ChatRankGuide``: the SRM + LRM collaboration behind the LangChain chat-model interface.
+
+Each call runs the RankGuide LangGraph graph (:func:`~langchain_rankguide.graph.build_graph`)
+on the conversation and returns what a reasoning model returns: the final answer as
+``content``, the committed reasoning steps in ``additional_kwargs["reasoning_content"]``, and
+the step records (author, decision, signals, latency, ...) in ``response_metadata["steps"]``.
+
+Streaming yields one chunk per committed reasoning step (as reasoning content), then the
+answer's tokens. Steps stream as the guard commits them, never before: an SRM draft the guard
+rejects is never shown.
+
+Example:
+    >>> from langchain_rankguide.chat_models import ChatRankGuide
+    >>> chat = ChatRankGuide()  # the embedded demo pair; nothing loads yet
+    >>> chat.model_name
+    'rankguide:demo:srm+demo:lrm'
+    >>> reply = chat.invoke("Start at 72. Subtract 39. What is the result?")  # doctest: +SKIP
+    >>> reply.content, reply.additional_kwargs["reasoning_content"]  # doctest: +SKIP
+    ('33', '72 - 39 = 33, total 33.\n\n')
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManagerForLLMRun,
+)
+from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.chat_models import generate_from_stream
+from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+
+from langchain_rankguide.chat_models._common import (
+    StopMatcher,
+    iterate_in_thread,
+    plain_usage,
+    pop_unknown_init_kwargs,
+    usage_metadata,
+    warn_unknown,
+)
+from langchain_rankguide.chat_models.messages import chat_shape, to_chat_dicts
+from langchain_rankguide.engine import MODELS, IncrementalDetokenizer, ModelRegistry
+from langchain_rankguide.engine.text import encode_continuation
+from langchain_rankguide.schemas import Usage, empty_usage
+
+PROVIDER = "rankguide"
+MODEL_PREFIX = "rankguide:"
+
+CALL_KEYS = frozenset(
+    {
+        "model",
+        "temperature",
+        "max_tokens",
+        "timeout",
+        "chat_template_kwargs",
+        "model_kwargs",
+        "policy",
+        "threshold",
+        "seed",
+        "steering",
+        "steering_vector",
+        "steering_scale",
+    }
+)
+"""Keyword arguments a call may override (plus ``stop``)."""
+
+_RUN_OPTIONS = ("policy", "threshold", "seed", "steering", "steering_vector", "steering_scale")
+_INERT_CALL_KEYS = frozenset({"stream"})
+_FINISH = {"budget": "length", "max_steps": "length"}
+
+
+def parse_model_name(name: str) -> tuple[str, str]:
+    """Split ``rankguide:<srm>+<lrm>`` into the two model references.
+
+    Raises:
+        ValueError: for a name of another form.
+    """
+    body = name[len(MODEL_PREFIX) :] if name.startswith(MODEL_PREFIX) else None
+    if not body or "+" not in body:
+        raise ValueError(f"model must look like 'rankguide:<srm>+<lrm>', got {name!r}")
+    srm, lrm = body.split("+", 1)
+    if not srm or not lrm:
+        raise ValueError(f"model must look like 'rankguide:<srm>+<lrm>', got {name!r}")
+    return srm, lrm
+
+
+def model_name_of(config: Any) -> str:
+    """``rankguide:<srm>+<lrm>`` of a configuration."""
+    return f"{MODEL_PREFIX}{config.srm.model}+{config.lrm.model}"
+
+
+class ChatRankGuide(BaseChatModel):
+    r"""RankGuide (an SRM and an LRM collaborating step by step) as a LangChain chat model.
+
+    Construction reads the configuration (a YAML path, a ``RankGuideConfig`` or the embedded
+    demo defaults) but loads no weights; models load on the first call through the shared
+    registry.
+
+    Results:
+        ``content``: the final answer (the answer step without its marker; when the run ends at
+        EOS without a marked answer, the last step). Empty when the run stopped first (budget,
+        step cap, repetition): ``finish_reason`` then says why.
+        ``additional_kwargs["reasoning_content"]``: the committed reasoning steps, concatenated.
+        ``usage_metadata``: ``input_tokens`` = prompt tokens (SRM tokenizer),
+        ``output_tokens`` = tokens of the committed steps (reasoning plus answer: what
+        ``max_tokens`` bounds), ``output_token_details["reasoning"]`` = the reasoning part,
+        ``total_tokens`` = input + output.
+        ``response_metadata``: ``model_name``, ``model_provider`` (``"rankguide"``),
+        ``finish_reason`` (``stop``; ``length`` at the budget or step cap; ``timeout``),
+        ``stop_reason``
+        (the graph's), ``steps`` (step records without token ids), ``answer_author``,
+        ``correct`` (demo verifier or ``None``), and ``usage_by_model``: what each model
+        really processed, ``{"srm": {"prefill_tokens", "decode_tokens"}, "lrm": {...}}``,
+        discarded drafts included.
+
+    Per-call keywords: :data:`CALL_KEYS` and ``stop`` (applied to the answer text).
+    """
+
+    model_config = ConfigDict(populate_by_name=True, protected_namespaces=())
+
+    model_name: str | None = Field(default=None, alias="model")
+    """``rankguide:<srm>+<lrm>``; ``None`` = the configuration's pair. Overrides its models."""
+    config: Any = None
+    """A YAML path, a ``RankGuideConfig``, or ``None`` for the embedded demo defaults."""
+    temperature: float | None = Field(default=None, ge=0.0)
+    """Sampling temperature of both models (``None``: the configuration's)."""
+    max_tokens: int | None = Field(default=None, ge=1)
+    """Bound on reasoning plus answer tokens (``None``: the configuration's thinking budget)."""
+    stop: list[str] | None = None
+    """Stop strings, matched on the answer's decoded text."""
+    streaming: bool = False
+    """Stream by default when invoked."""
+    timeout: float | None = Field(default=None, gt=0)
+    """Wall-clock limit of one call in seconds, checked after each committed step (the run then
+    ends with ``finish_reason="timeout"``); ``None`` = none."""
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Configuration overrides, nested or dotted (``{"routing.policy": "srm"}``)."""
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Extra chat-template variables for both models (merged over the configuration's)."""
+    policy: str | None = None
+    """Routing policy of every run (``None``: the configuration's)."""
+    threshold: float | None = None
+    """Escalation threshold (``None``: the configuration's or the calibration's)."""
+    seed: int | None = None
+    """Run seed (``None``: the configuration's)."""
+    steering: bool | None = None
+    """Steer the SRM (``None``: the configuration's ``steering.enabled``)."""
+    steering_vector: str | None = None
+    """Steering vector file (``None``: the configuration's)."""
+    steering_scale: float | None = None
+    """Steering scale (``None``: the configuration's)."""
+    registry: ModelRegistry = Field(default=MODELS, exclude=True, repr=False)
+    """Where models load and are shared (the process-wide registry by default)."""
+
+    _base: Any = PrivateAttr(default=None)
+    _graphs: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_unknown(cls, values: Any) -> Any:
+        return pop_unknown_init_kwargs(cls, values, owner=cls.__name__)
+
+    @model_validator(mode="after")
+    def _read_config(self) -> ChatRankGuide:
+        from langchain_rankguide.config import RankGuideConfig, load_config
+
+        if isinstance(self.config, RankGuideConfig):
+            self._base = self.config
+        elif self.config is None:
+            self._base = _default_config()
+        else:
+            self._base = load_config(self.config)
+        if self.model_name is None:
+            self.model_name = model_name_of(self._base)
+        else:
+            parse_model_name(self.model_name)
+        return self
+
+    @classmethod
+    def from_config(cls, path: str | Path | None = None, **fields: Any) -> ChatRankGuide:
+        """Build the chat model from a RankGuide YAML file (``None``: the demo defaults)."""
+        return cls(config=str(path) if path is not None else None, **fields)
+
+    # ------------------------------------------------------------------ LangChain hooks
+
+    @property
+    def _llm_type(self) -> str:
+        return "rankguide"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "policy": self.policy or self._base.routing.policy,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = PROVIDER
+        params["ls_model_name"] = str(kwargs.get("model") or self.model_name)
+        temperature = kwargs.get("temperature", self.temperature)
+        params["ls_temperature"] = (
+            temperature if temperature is not None else self._base.sampling.temperature
+        )
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        params["ls_max_tokens"] = (
+            max_tokens if max_tokens is not None else self._base.steps.thinking_budget
+        )
+        if stop or self.stop:
+            params["ls_stop"] = list(stop or self.stop or [])
+        return params
+
+    # ------------------------------------------------------------------ runs
+
+    def _overrides(self, merged: Mapping[str, Any]) -> dict[str, Any]:
+        from langchain_rankguide.config import merge_overrides
+
+        base = self._base
+        overrides: dict[str, Any] = merge_overrides(
+            dict(self.model_kwargs), dict(merged.get("model_kwargs") or {})
+        )
+        name = str(merged.get("model") or self.model_name)
+        srm, lrm = parse_model_name(name)
+        if srm != base.srm.model:
+            overrides = merge_overrides(overrides, {"srm": {"model": srm}})
+        if lrm != base.lrm.model:
+            overrides = merge_overrides(overrides, {"lrm": {"model": lrm}})
+        temperature = merged.get("temperature", self.temperature)
+        if temperature is not None:
+            overrides = merge_overrides(overrides, {"sampling": {"temperature": temperature}})
+        max_tokens = merged.get("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            steps = {
+                "thinking_budget": int(max_tokens),
+                "max_step_tokens": min(base.steps.max_step_tokens, int(max_tokens)),
+            }
+            overrides = merge_overrides(overrides, {"steps": steps})
+        template = {**self.chat_template_kwargs, **dict(merged.get("chat_template_kwargs") or {})}
+        if template:
+            kwargs = {**base.prompt.chat_template_kwargs, **template}
+            overrides = merge_overrides(overrides, {"prompt": {"chat_template_kwargs": kwargs}})
+        return overrides
+
+    def _graph(self, overrides: Mapping[str, Any]) -> Any:
+        """The compiled graph for one set of overrides (cached; models are shared anyway)."""
+        from langchain_rankguide.config import merge_overrides, parse_config
+        from langchain_rankguide.graph import build_graph
+        from langchain_rankguide.pipeline import RankGuidePipeline
+
+        key = json.dumps(overrides, sort_keys=True, default=str)
+        with self._lock:
+            graph = self._graphs.get(key)
+            if graph is None:
+                config = self._base
+                if overrides:
+                    data = merge_overrides(config.model_dump(mode="json"), overrides)
+                    config = parse_config(data, source="ChatRankGuide overrides")
+                graph = build_graph(RankGuidePipeline(config, registry=self.registry))
+                self._graphs[key] = graph
+            return graph
+
+    def _messages(self, pipeline: Any, messages: list[BaseMessage]) -> list[dict[str, Any]]:
+        """Chat dicts with the configured system prompt, step instruction and user template."""
+        prompt = pipeline.config.prompt
+        dicts = to_chat_dicts(messages)
+        extra = "\n\n".join(p for p in (prompt.system, prompt.step_instruction) if p)
+        if extra:
+            if dicts and dicts[0]["role"] == "system":
+                if prompt.step_instruction:
+                    content = "\n\n".join(
+                        p for p in (dicts[0]["content"], prompt.step_instruction) if p
+                    )
+                    dicts[0] = {**dicts[0], "content": content}
+            else:
+                dicts.insert(0, {"role": "system", "content": extra})
+        users = [i for i, m in enumerate(dicts) if m["role"] == "user"]
+        if users and prompt.user_template != "{question}":
+            last = dicts[users[-1]]
+            dicts[users[-1]] = {
+                **last,
+                "content": prompt.user_template.format(question=last["content"]),
+            }
+        return dicts
+
+    def _chunks(
+        self, messages: list[BaseMessage], stop: list[str] | None, **kwargs: Any
+    ) -> Iterator[ChatGenerationChunk]:
+        """The one generator behind invoke, stream, batch and their async forms."""
+        from langchain_rankguide.lrm import render_prompt
+
+        merged = dict(kwargs)
+        unknown = {k for k in merged if k not in CALL_KEYS and k not in _INERT_CALL_KEYS} - {
+            k for k in merged if k.startswith("ls_")
+        }
+        warn_unknown(type(self).__name__, unknown, where="unknown call keyword")
+        graph = self._graph(self._overrides(merged))
+        pipeline = graph.pipeline
+        config = pipeline.config
+        srm_tokenizer = pipeline.srm.tokenizer
+        template_kwargs = dict(config.prompt.chat_template_kwargs)
+        dicts = chat_shape(
+            srm_tokenizer, self._messages(pipeline, messages), template_kwargs=template_kwargs
+        )
+        prompt = render_prompt(srm_tokenizer, dicts, **template_kwargs)
+        prompt += config.prompt.assistant_prefix
+        prompt_tokens = len(srm_tokenizer.encode(prompt, add_special_tokens=False))
+        options = {}
+        for name in _RUN_OPTIONS:
+            value = merged.get(name)
+            value = getattr(self, name) if value is None else value
+            if value is not None:
+                options[name] = value
+        run_id = uuid.uuid4().hex
+        run_config = {
+            "configurable": options,
+            "recursion_limit": 4 * config.steps.max_steps + 16,
+        }
+        # A fresh context: inside an outer LangGraph run the inner graph would otherwise join it
+        # as a subgraph (its checkpointer, its thread id, its stream).
+        context = contextvars.Context()
+        events = context.run(
+            graph.stream,
+            {"messages": dicts, "run_id": run_id},
+            run_config,
+            stream_mode=["custom", "values"],
+        )
+        stops = StopMatcher(stop if stop is not None else self.stop)
+        markers = list(config.steps.answer_markers)
+        final: dict[str, Any] = {}
+        answer_record: dict[str, Any] | None = None
+        reasoning_tokens = 0
+        answer_text = ""
+        timeout = merged.get("timeout") or self.timeout
+        started = time.monotonic()
+        timed_out = False
+        try:
+            while True:
+                if timeout is not None and time.monotonic() - started > timeout:
+                    timed_out = True
+                    break
+                item = context.run(next, events, None)
+                if item is None:
+                    break
+                mode, payload = item
+                if mode == "values":
+                    final = payload
+                    continue
+                if not isinstance(payload, Mapping) or payload.get("type") != "rankguide.step":
+                    continue
+                record = payload["step"]
+                if record.get("is_answer") or record.get("finish_reason") == "eos":
+                    answer_record = record
+                    answer_text = _answer_of(record["text"], markers)
+                    for piece in self._answer_pieces(pipeline, record, answer_text):
+                        emitted = stops.push(piece)
+                        if emitted:
+                            yield ChatGenerationChunk(message=AIMessageChunk(content=emitted))
+                        if stops.hit is not None:
+                            break
+                    tail = stops.flush()
+                    if tail:
+                        yield ChatGenerationChunk(message=AIMessageChunk(content=tail))
+                else:
+                    reasoning_tokens += int(record.get("tokens", 0))
+                    yield ChatGenerationChunk(
+                        message=AIMessageChunk(
+                            content="", additional_kwargs={"reasoning_content": record["text"]}
+                        )
+                    )
+        finally:
+            context.run(events.close)
+            pipeline.end_session(run_id)
+        stop_reason = str(final.get("stop_reason") or "answer")
+        finish = "stop" if answer_record is not None else _FINISH.get(stop_reason, "stop")
+        if timed_out:
+            stop_reason, finish = "timeout", "timeout"
+        steps = [{k: v for k, v in s.items() if k != "token_ids"} for s in final.get("steps", [])]
+        answer_tokens = int(answer_record.get("tokens", 0)) if answer_record else 0
+        usage: dict[str, Usage] = final.get("usage") or {}
+        metadata: dict[str, Any] = {
+            "model_name": str(merged.get("model") or self.model_name),
+            "model_provider": PROVIDER,
+            "finish_reason": finish,
+            "stop_reason": stop_reason,
+            "steps": steps,
+            "answer_author": answer_record.get("author") if answer_record else None,
+            "correct": final.get("correct"),
+            "usage_by_model": plain_usage({m: usage.get(m, empty_usage()) for m in ("srm", "lrm")}),
+        }
+        if stops.hit is not None:
+            metadata["stop"] = stops.hit
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                usage_metadata=usage_metadata(
+                    prompt_tokens, reasoning_tokens + answer_tokens, reasoning_tokens
+                ),
+                response_metadata=metadata,
+                chunk_position="last",
+            )
+        )
+
+    @staticmethod
+    def _answer_pieces(pipeline: Any, record: Mapping[str, Any], answer: str) -> Iterator[str]:
+        """The answer as its author's tokens decode it, one piece per token."""
+        tokenizer = None
+        if record.get("author") == "srm":
+            tokenizer = pipeline.srm.tokenizer
+        elif pipeline.config.lrm.provider == "hf_local":
+            tokenizer = pipeline.lrm_loaded().tokenizer
+        if tokenizer is None or not answer:
+            if answer:
+                yield answer
+            return
+        detok = IncrementalDetokenizer(tokenizer)
+        for token in encode_continuation(tokenizer, answer):
+            piece = detok.add(token)
+            if piece:
+                yield piece
+        if len(detok.text) < len(answer):
+            yield answer[len(detok.text) :]
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        for chunk in self._chunks(messages, stop, **kwargs):
+            if run_manager is not None:
+                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        async for chunk in iterate_in_thread(self._chunks(messages, stop, **kwargs)):
+            if run_manager is not None:
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return generate_from_stream(self._chunks(messages, stop, **kwargs))
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        chunks = [c async for c in iterate_in_thread(self._chunks(messages, stop, **kwargs))]
+        return generate_from_stream(iter(chunks))
+
+
+@functools.cache
+def _default_config() -> Any:
+    """The embedded demo configuration, parsed once (it is immutable)."""
+    from langchain_rankguide.config import load_config
+
+    return load_config(None)
+
+
+def _answer_of(text: str, markers: list[str]) -> str:
+    from langchain_rankguide.graph import answer_of
+
+    return answer_of(text, markers)

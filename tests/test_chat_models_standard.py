@@ -1,0 +1,188 @@
+"""LangChain's standard conformance suites (langchain-tests) for both chat models.
+
+Unit suites construct the models only (no weights load). Integration suites run against the
+embedded demo models with capped settings so they stay fast, and are skipped while the demo
+models are absent. The demo models are arithmetic models with a character tokenizer: tests that
+need a general assistant (reading a tool argument out of an English question, choosing to call
+a tool unprompted, writing non-ASCII text) are marked ``xfail`` with the reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage
+from langchain_core.messages.utils import message_chunk_to_message
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+from langchain_tests.unit_tests import ChatModelUnitTests
+
+from langchain_rankguide.chat_models import ChatRankGuide, ChatSteeredHuggingFace
+from langchain_rankguide.chat_models.structured import llguidance_available
+from langchain_rankguide.engine.loading import demo_model_dir
+
+DEMO_READY = all((demo_model_dir(name) / "config.json").is_file() for name in ("srm", "lrm"))
+
+
+class _NeedsDemoModels:
+    """Skip while the embedded demo models are absent (a fixture, so subclasses may override)."""
+
+    @pytest.fixture(autouse=True)
+    def _demo_models(self) -> None:
+        if not DEMO_READY:
+            pytest.skip("the embedded demo models are not trained yet (`rankguide demo train`)")
+
+
+needs_llguidance = pytest.mark.skipif(
+    not llguidance_available(), reason="llguidance (the [structured] extra) is not installed"
+)
+
+# langchain-tests' async tests carry no asyncio mark (it expects pytest-asyncio's auto mode); the
+# suites are marked here instead, and the sync tests' "not an async function" notice is muted.
+asyncio_suite = [
+    pytest.mark.asyncio,
+    pytest.mark.filterwarnings(
+        "ignore:.*marked with '@pytest.mark.asyncio' but it is not an async function"
+    ),
+]
+
+
+SRM_PARAMS: dict[str, Any] = {"model": "demo:srm", "max_tokens": 32, "temperature": 0}
+RANKGUIDE_PARAMS: dict[str, Any] = {
+    "temperature": 0,
+    "model_kwargs": {
+        # Routing on first-token entropy needs no calibration file; caps keep runs short.
+        "routing": {"policy": "entropy", "calibration": None},
+        "steps": {"max_step_tokens": 64, "thinking_budget": 256, "max_steps": 16},
+    },
+}
+
+ARITHMETIC_ONLY = (
+    "the demo SRM is a tiny arithmetic model: it cannot read a tool argument out of an English "
+    "question (the call itself is valid: decoding is constrained to the tool's schema)"
+)
+
+
+# The suites pass hosted-API parameters (api_key, max_retries); a local model takes them with a
+# warning naming them, which is expected here.
+hosted_params_warning = pytest.mark.filterwarnings("ignore:.*ignores 'api_key'")
+
+# --------------------------------------------------------------------------- unit suites
+
+
+@needs_llguidance
+@hosted_params_warning
+class TestChatSteeredHuggingFaceUnit(ChatModelUnitTests):
+    @property
+    def chat_model_class(self) -> type[BaseChatModel]:
+        return ChatSteeredHuggingFace
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"model": "demo:srm"}
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+
+@hosted_params_warning
+class TestChatRankGuideUnit(ChatModelUnitTests):
+    @property
+    def chat_model_class(self) -> type[BaseChatModel]:
+        return ChatRankGuide
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"model_kwargs": RANKGUIDE_PARAMS["model_kwargs"]}
+
+
+# --------------------------------------------------------------------------- integration suites
+
+
+@needs_llguidance
+class TestChatSteeredHuggingFaceIntegration(_NeedsDemoModels, ChatModelIntegrationTests):
+    pytestmark = asyncio_suite
+
+    @property
+    def chat_model_class(self) -> type[BaseChatModel]:
+        return ChatSteeredHuggingFace
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return dict(SRM_PARAMS)
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+    @property
+    def model_override_value(self) -> str | None:
+        return "demo:lrm"
+
+    @pytest.mark.xfail(reason=ARITHMETIC_ONLY)
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    def test_tool_calling(self, model: BaseChatModel) -> None:
+        super().test_tool_calling(model)
+
+    @pytest.mark.xfail(reason=ARITHMETIC_ONLY)
+    async def test_tool_calling_async(self, model: BaseChatModel) -> None:
+        await super().test_tool_calling_async(model)
+
+    @pytest.mark.xfail(
+        reason="a forced call's markup alone exceeds the suite's 32-token cap, so closing mode "
+        "completes it at once and the string argument stays empty (the test wants it non-empty)"
+    )
+    def test_bind_runnables_as_tools(self, model: BaseChatModel) -> None:
+        super().test_bind_runnables_as_tools(model)
+
+    @pytest.mark.xfail(
+        reason="with tool_choice=None the model decides; the arithmetic demo SRM never chooses "
+        "to call a tool (forced calls are covered by test_tool_choice)"
+    )
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    def test_agent_loop(self, model: BaseChatModel) -> None:
+        super().test_agent_loop(model)
+
+    @pytest.mark.xfail(
+        reason="the demo tokenizer is ASCII-only: Chinese and Japanese names cannot be written"
+    )
+    def test_unicode_tool_call_integration(
+        self,
+        model: BaseChatModel,
+        *,
+        tool_choice: str | None = None,
+        force_tool_call: bool = True,
+    ) -> None:
+        super().test_unicode_tool_call_integration(
+            model, tool_choice=tool_choice, force_tool_call=force_tool_call
+        )
+
+
+class TestChatRankGuideIntegration(_NeedsDemoModels, ChatModelIntegrationTests):
+    pytestmark = asyncio_suite
+
+    @property
+    def chat_model_class(self) -> type[BaseChatModel]:
+        return ChatRankGuide
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return dict(RANKGUIDE_PARAMS)
+
+    @property
+    def model_override_value(self) -> str | None:
+        return "rankguide:demo:srm+demo:srm"
+
+    @property
+    def supported_usage_metadata_details(self) -> dict[Any, list[Any]]:
+        return {"invoke": ["reasoning_output"], "stream": ["reasoning_output"]}
+
+    def invoke_with_reasoning_output(self, *, stream: bool = False) -> AIMessage:
+        model = ChatRankGuide(**RANKGUIDE_PARAMS)
+        question = "Start at 12. Add 5. What is the result?"
+        if not stream:
+            return model.invoke(question)
+        chunks = list(model.stream(question))
+        return message_chunk_to_message(sum(chunks[1:], chunks[0]))  # type: ignore[return-value]
