@@ -298,27 +298,9 @@ class _Nodes:
                     "usage": _usage_delta(before, session.usage()),
                 },
             )
-        started = time.perf_counter()
-        ids = session.accept(pending)
-        record = StepRecord(
-            index=pending.index,
-            author="srm",
-            text=pending.text,
-            tokens=pending.tokens,
-            token_ids={"srm": ids},
-            signals=pending.signals,
-            signal_notes=pending.signal_notes,
-            decision="forced" if forced else "accept",
-            escalated=False,
-            score=decision.score,
-            router=session.router.name,
-            failure_mode=decision.failure_mode,
-            reason=decision.reason,
-            latency_s=pending.latency_s + time.perf_counter() - started,
-            finish_reason=pending.finish_reason,  # type: ignore[arg-type]
-            is_answer=pending.is_answer,
+        return self._commit_srm(
+            state, session, pending, decision, budget, before, config, forced=forced is not None
         )
-        return self._commit(state, session, record, before, budget, config)
 
     def lrm_step(self, state: RankGuideState, config: RunnableConfig) -> Command[Any]:
         """The LRM writes the step (pre-step escalation, or a rejected SRM draft)."""
@@ -393,26 +375,10 @@ class _Nodes:
         draft = session.draft(
             pending.index, self._max_new(state, config), answer_phase=pending.answer_phase
         )
-        ids = session.accept(draft)
-        record = StepRecord(
-            index=pending.index,
-            author="srm",
-            text=draft.text,
-            tokens=draft.tokens,
-            token_ids={"srm": ids},
-            signals=draft.signals,
-            signal_notes=draft.signal_notes,
-            decision="forced",
-            score=decision.score,
-            router=session.router.name,
-            failure_mode=decision.failure_mode,
-            reason=decision.reason,
-            latency_s=pending.latency_s + draft.latency_s,
-            finish_reason=draft.finish_reason,  # type: ignore[arg-type]
-            is_answer=draft.is_answer,
-            fallback=fallback,
+        draft.latency_s += pending.latency_s
+        return self._commit_srm(
+            state, session, draft, decision, budget, before, config, forced=True, fallback=fallback
         )
-        return self._commit(state, session, record, before, budget, config)
 
     def _fallback(
         self,
@@ -442,7 +408,26 @@ class _Nodes:
                 config,
                 fallback=mark,
             )
-        session._live_draft = None  # the draft was discarded; restore it from its ids
+        session.reject()  # the draft was discarded already; it is restored from its ids
+        return self._commit_srm(
+            state, session, pending, decision, budget, before, config, forced=True, fallback=mark
+        )
+
+    def _commit_srm(
+        self,
+        state: RankGuideState,
+        session: RunSession,
+        pending: PendingStep,
+        decision: RouteDecision,
+        budget: BudgetState,
+        before: dict[str, Usage],
+        config: RunnableConfig,
+        *,
+        forced: bool = False,
+        fallback: str | None = None,
+    ) -> Command[Any]:
+        """Commit an SRM draft as the step (accepted, forced by a rule, or kept as a fallback)."""
+        started = time.perf_counter()
         ids = session.accept(pending)
         record = StepRecord(
             index=pending.index,
@@ -452,13 +437,15 @@ class _Nodes:
             token_ids={"srm": ids},
             signals=pending.signals,
             signal_notes=pending.signal_notes,
-            decision="forced",
+            decision="forced" if forced else "accept",
+            score=decision.score,
             router=session.router.name,
+            failure_mode=decision.failure_mode,
             reason=decision.reason,
-            latency_s=pending.latency_s,
+            latency_s=pending.latency_s + time.perf_counter() - started,
             finish_reason=pending.finish_reason,  # type: ignore[arg-type]
             is_answer=pending.is_answer,
-            fallback=mark,
+            fallback=fallback,
         )
         return self._commit(state, session, record, before, budget, config)
 

@@ -209,7 +209,7 @@ def test_run_killed_from_outside_mid_trace_resumes(
     proc = child(
         config_path,
         db,
-        child_env(RG_TEST_SLOW_S="0.01"),
+        child_env(RG_TEST_SLOW_S="0.05"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
