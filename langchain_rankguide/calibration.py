@@ -1,19 +1,25 @@
 """Calibration: measure which signals predict a failing SRM step and fit the RankGuide router.
 
 Runs the SRM alone (through the same graph as every other run, with every signal computed),
-labels each step with the task's verifier, and reports per signal its AUROC for predicting a
-failing step -- overall and within groups of equal step length, since a raw rank can be a
-length proxy. It then fits the ``rankguide`` combination (logistic regression on z-scored
-signals), the thresholds for a target escalation rate, the baseline policies' thresholds at
-the same rate, and the failure-mode entropy cut-offs, and writes the shared calibration file.
+labels each step -- with the task's step verifier, or, where a task has none, by agreement
+with the LRM (:func:`lrm_agreement_labels`: the LRM writes the same step from the same prefix
+and a step it would write differently is failing) -- and reports per signal its AUROC for
+predicting a failing step, overall and within groups of equal step length, since a raw rank
+can be a length proxy. It then fits the ``rankguide`` combination (logistic regression on
+z-scored signals), the thresholds for a target escalation rate, the baseline policies'
+thresholds at the same rate and at each rate of a benchmark sweep (``policy_thresholds`` keys
+``"entropy@0.2"``...), and the failure-mode entropy cut-offs, writes the shared calibration
+file, and can plot each signal's distribution on good and failing steps.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,16 +27,20 @@ import torch
 from langchain_rankguide.schemas import SIGNALS, Calibration, SignalStats
 
 ENTROPY = "entropy.first_token"
+ENTROPY_TOP20 = "entropy.first_token_top20"
 RANK_CANDIDATES = tuple(n for n in SIGNALS if n.startswith("rank."))
+SWEEP_RATES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7)
+"""Escalation rates whose thresholds are stored for benchmark sweeps (``"entropy@0.2"``)."""
 
 
 @dataclass
 class LabelledStep:
-    """One SRM step with its signals and the verifier's verdict."""
+    """One SRM step with its signals and the verifier's verdict (``index``: its step number)."""
 
     signals: dict[str, float | None]
     failing: bool
     tokens: int
+    index: int | None = None
 
 
 @dataclass
@@ -44,6 +54,10 @@ class SignalReport:
     direction: int
     mean: float
     std: float
+    auroc_within_position: float | None = None
+    """AUROC within groups of equal step index: a signal that grows along the trace (a
+    cross-step rank over the last W openings) can look predictive only because failing steps
+    come late."""
 
 
 @dataclass
@@ -57,6 +71,10 @@ class CalibrationReport:
     chosen_rank_signal: str | None
     fitted_escalation_rate: float
     notes: list[str] = field(default_factory=list)
+    policy_aurocs: dict[str, float | None] = field(default_factory=dict)
+    """In-sample AUROC of each policy's score (``rankguide`` combination, ``entropy``,
+    ``rank``) on the calibration steps: the ``rank`` ablation at a glance."""
+    labels: str = "verifier"
 
 
 def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
@@ -125,8 +143,15 @@ def signal_reports(steps: Sequence[LabelledStep], names: Iterable[str]) -> list[
         oriented_within = None
         if within is not None:
             oriented_within = within if direction == 1 else 1 - within
+        by_position = None
+        if all(s.index is not None for s in rows):
+            positions = [int(s.index or 0) for s in rows]
+            at = auroc_within_groups(values, labels, positions)
+            by_position = None if at is None else (at if direction == 1 else 1 - at)
         reports.append(
-            SignalReport(name, len(rows), oriented, oriented_within, direction, mean, std)
+            SignalReport(
+                name, len(rows), oriented, oriented_within, direction, mean, std, by_position
+            )
         )
     return reports
 
@@ -223,12 +248,24 @@ def fit_calibration(
             "overconfidence_entropy": entropies[int(0.25 * (len(entropies) - 1))],
             "uncertainty_entropy": entropies[int(0.75 * (len(entropies) - 1))],
         }
-    top20 = _values(steps, "entropy.first_token_top20")
-    if top20:
-        calibration.policy_thresholds["entropy"] = quantile_threshold(top20, target_rate)
+    top20 = _values(steps, ENTROPY_TOP20)
+    zs: list[float] = []
     if rank_signal is not None and rank_signal in stats:
         zs = [calibration.zscore(rank_signal, v) for v in _values(steps, rank_signal)]
-        calibration.policy_thresholds["rank"] = quantile_threshold(zs, target_rate)
+    # The plain keys are the policies' defaults; "@rate" keys serve benchmark sweeps.
+    for key, rate in [("", target_rate), *((f"@{r:g}", r) for r in SWEEP_RATES)]:
+        if top20:
+            calibration.policy_thresholds[f"entropy{key}"] = quantile_threshold(top20, rate)
+        if zs:
+            calibration.policy_thresholds[f"rank{key}"] = quantile_threshold(zs, rate)
+        if key and scores:
+            calibration.policy_thresholds[f"rankguide{key}"] = quantile_threshold(scores, rate)
+    policy_aurocs = {
+        "rankguide": auroc(scores, [r.failing for r in rows]) if scores else None,
+        # As the policies use them: entropy escalates high values, rank its oriented z-score.
+        "entropy": _auroc_of(steps, ENTROPY_TOP20, oriented=False),
+        "rank": _auroc_of(steps, rank_signal) if rank_signal else None,
+    }
     calibration.notes = (
         f"fitted on {len(steps)} SRM steps ({sum(s.failing for s in steps)} failing); "
         f"combination {combined}; target escalation rate {target_rate}"
@@ -242,7 +279,149 @@ def fit_calibration(
         chosen_rank_signal=rank_signal,
         fitted_escalation_rate=fitted_rate,
         notes=notes,
+        policy_aurocs=policy_aurocs,
     )
+
+
+def _auroc_of(steps: Sequence[LabelledStep], name: str, oriented: bool = True) -> float | None:
+    """AUROC of one signal for failing; ``oriented`` takes the better of the two directions."""
+    rows = [s for s in steps if s.signals.get(name) is not None]
+    area = auroc([float(s.signals[name] or 0.0) for s in rows], [s.failing for s in rows])
+    if area is None or not oriented:
+        return area
+    return max(area, 1 - area)
+
+
+StepLabeller = Callable[[Any, list[dict[str, Any]]], list[bool]]
+"""Labels an SRM trace: ``(problem, step records) -> failing flag per step``."""
+
+
+def verifier_labels(task: Any) -> StepLabeller:
+    """Label steps with a task's step verifier (the demo's exact one).
+
+    A step is failing when the verifier judges it wrong. On the demo task (problems carrying
+    the parsed demo problem as ``payload``) steps of a heavy-revalidation run (3+ consecutive
+    reflections or a repeat) are failing too, since they waste the budget.
+    """
+    from langchain_rankguide.demo.task import revalidation_flags, verify_steps
+
+    def label(problem: Any, records: list[dict[str, Any]]) -> list[bool]:
+        texts = [r["text"] for r in records]
+        payload = getattr(problem, "payload", None)
+        if payload is None:
+            return [flag is False for flag in task.step_labels(problem, texts)]
+        verdict = verify_steps(payload, texts)
+        heavy = revalidation_flags(verdict.labels)
+        flags = [
+            label.correct is False or bool(flag)
+            for label, flag in zip(verdict.labels, heavy, strict=False)
+        ]
+        return flags + [False] * (len(records) - len(flags))
+
+    return label
+
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def steps_agree(srm_text: str, lrm_text: str) -> bool:
+    """Whether the LRM's version of a step says what the SRM's does.
+
+    Equal after collapsing whitespace and case, or -- since in reasoning traces the numbers
+    carry the content -- the same non-empty sequence of numbers.
+    """
+
+    def norm(text: str) -> str:
+        return " ".join(text.lower().split())
+
+    if norm(srm_text) == norm(lrm_text):
+        return True
+    a, b = _NUMBER.findall(srm_text), _NUMBER.findall(lrm_text)
+    return bool(a) and a == b
+
+
+def lrm_agreement_labels(pipeline: Any) -> StepLabeller:
+    """Label steps by agreement with the LRM, for tasks without a step verifier.
+
+    For each SRM step the LRM writes the step from the same prefix (greedy, as configured);
+    the SRM step is failing when the two disagree (:func:`steps_agree`). With a local LRM the
+    prefix is kept in one KV cache (the LRM's draft is discarded and the SRM's step appended);
+    a remote LRM is restarted from the committed prefix for each step.
+    """
+    from langchain_rankguide.pipeline import RunOptions
+
+    max_new = pipeline.config.steps.max_step_tokens
+
+    def local(problem: Any, records: list[dict[str, Any]]) -> list[bool]:
+        from langchain_rankguide.engine import StepEngine
+        from langchain_rankguide.lrm import render_prompt
+
+        loaded = pipeline.lrm_loaded()
+        engine = StepEngine(loaded, role="lrm", settings=pipeline.step_settings)
+        kwargs = pipeline.config.prompt.chat_template_kwargs
+        prompt = render_prompt(loaded.tokenizer, pipeline.messages(problem.question), **kwargs)
+        engine.start(prompt + pipeline.config.prompt.assistant_prefix)
+        flags = []
+        for index, record in enumerate(records):
+            if engine.finished:
+                flags.append(False)
+                continue
+            draft = engine.draft_step(max_new_tokens=max_new, step_index=index)
+            flags.append(not steps_agree(record["text"], draft.text))
+            engine.discard(draft)
+            engine.append_text(record["text"], ends_trace=record.get("finish_reason") == "eos")
+        return flags
+
+    def remote(problem: Any, records: list[dict[str, Any]]) -> list[bool]:
+        from langchain_rankguide.schemas import StepRecord
+
+        committed = [StepRecord.from_dict(r) for r in records]
+        flags = []
+        for index, record in enumerate(records):
+            lrm = pipeline.make_lrm(RunOptions())
+            try:
+                lrm.begin(pipeline.messages(problem.question), committed[:index])
+                written = lrm.write_step(max_new_tokens=max_new)
+            finally:
+                lrm.close()
+            flags.append(not steps_agree(record["text"], written.text))
+        return flags
+
+    return local if pipeline.config.lrm.provider == "hf_local" else remote
+
+
+def collect_steps(
+    pipeline: Any,
+    problems: Sequence[Any],
+    labeller: StepLabeller,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[LabelledStep]:
+    """Run the SRM alone on ``problems`` (objects with ``.question``) and label its steps.
+
+    Args:
+        pipeline: a pipeline whose configuration computes every signal (diagnostics on).
+        problems: the calibration problems.
+        labeller: :func:`verifier_labels` or :func:`lrm_agreement_labels`.
+        progress: called with (problems done, problems in total).
+
+    Returns:
+        One labelled step per SRM step.
+    """
+    from langchain_rankguide.graph import build_graph
+
+    graph = build_graph(pipeline)
+    steps: list[LabelledStep] = []
+    for done, problem in enumerate(problems, 1):
+        state = graph.invoke({"question": problem.question}, {"configurable": {"policy": "srm"}})
+        records = state["steps"]
+        for index, (record, failing) in enumerate(
+            zip(records, labeller(problem, records), strict=False)
+        ):
+            steps.append(LabelledStep(record["signals"], bool(failing), record["tokens"], index))
+        if progress is not None:
+            progress(done, len(problems))
+    return steps
 
 
 def collect_demo_steps(
@@ -252,25 +431,74 @@ def collect_demo_steps(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[LabelledStep]:
-    """Run the SRM alone on ``n`` demo calibration problems and label its steps.
+    """Run the SRM alone on ``n`` demo calibration problems and label them with the verifier."""
+    from langchain_rankguide.bench.tasks import DemoTask
 
-    A step is failing when the verifier judges it wrong; steps of a heavy-revalidation run
-    (3+ consecutive reflections or a repeat) are failing too, since they waste the budget.
+    task = DemoTask()
+    problems = task.calibration_problems(n, seed)
+    return collect_steps(pipeline, problems, verifier_labels(task), progress=progress)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plot_distributions(
+    steps: Sequence[LabelledStep],
+    reports: Sequence[SignalReport],
+    path: str | Path,
+    *,
+    max_signals: int = 12,
+    always: Sequence[str] = (ENTROPY, ENTROPY_TOP20),
+) -> bool:
+    """Histogram each signal on good and failing steps; ``False`` when matplotlib is missing.
+
+    The signals shown are those in ``always`` plus the best by AUROC, up to ``max_signals``;
+    each panel's title gives the AUROC overall and within equal step length.
     """
-    from langchain_rankguide.demo.task import make_problems, revalidation_flags, verify_steps
-    from langchain_rankguide.graph import build_graph
+    try:
+        import matplotlib
 
-    graph = build_graph(pipeline)
-    steps: list[LabelledStep] = []
-    problems = make_problems(n, seed=seed, split="calibration")
-    for done, problem in enumerate(problems, 1):
-        state = graph.invoke({"question": problem.question}, {"configurable": {"policy": "srm"}})
-        records = state["steps"]
-        verdict = verify_steps(problem, [r["text"] for r in records])
-        heavy = revalidation_flags(verdict.labels)
-        for record, label, flag in zip(records, verdict.labels, heavy, strict=False):
-            failing = label.correct is False or bool(flag)
-            steps.append(LabelledStep(record["signals"], failing, record["tokens"]))
-        if progress is not None:
-            progress(done, n)
-    return steps
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    by_name = {r.name: r for r in reports}
+    ranked = sorted(reports, key=lambda r: -(r.auroc or 0.0))
+    names = [n for n in always if n in by_name]
+    names += [r.name for r in ranked if r.name not in names]
+    names = names[:max_signals]
+    if not names:
+        return False
+    cols = 4
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for axis, name in zip(axes.flat, names, strict=False):
+        good = [
+            float(s.signals[name] or 0.0)
+            for s in steps
+            if s.signals.get(name) is not None and not s.failing
+        ]
+        bad = [
+            float(s.signals[name] or 0.0)
+            for s in steps
+            if s.signals.get(name) is not None and s.failing
+        ]
+        values = good + bad
+        low, high = min(values), max(values)
+        bins = 30 if high > low else 1
+        span = (low, high) if high > low else (low - 0.5, high + 0.5)
+        for values_of, label in ((good, "good"), (bad, "failing")):
+            if values_of:  # a density of nothing divides by zero
+                axis.hist(values_of, bins=bins, range=span, density=True, alpha=0.55, label=label)
+        r = by_name[name]
+        within = "-" if r.auroc_within_length is None else f"{r.auroc_within_length:.2f}"
+        overall = "-" if r.auroc is None else f"{r.auroc:.2f}"
+        axis.set_title(f"{name}\nAUROC {overall}, within length {within}", fontsize=9)
+        axis.tick_params(labelsize=7)
+    for axis in list(axes.flat)[len(names) :]:
+        axis.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

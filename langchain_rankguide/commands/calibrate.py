@@ -17,13 +17,25 @@ def register(subparsers: Any) -> None:
         "calibrate",
         help="measure signal AUROCs on a calibration split and fit the rankguide router",
         description=(
-            "Run the SRM alone on demo calibration problems with every signal computed, label "
-            "steps with the verifier, report each signal's AUROC (overall and within equal step "
-            "lengths), fit the rankguide combination and thresholds, and write the file."
+            "Run the SRM alone on calibration problems with every signal computed, label steps "
+            "with the task's verifier (or by agreement with the LRM where there is none), "
+            "report each signal's AUROC (overall and within equal step lengths), fit the "
+            "rankguide combination and thresholds, write the file and plot the signals."
         ),
     )
     parser.add_argument("--config", help="YAML configuration (default: the embedded demo)")
-    parser.add_argument("--task", default="demo", help="calibration task (only 'demo' for now)")
+    parser.add_argument(
+        "--task",
+        default="demo",
+        help="'demo' (its calibration split) or 'jsonl:PATH' (your problems; LRM-agreement labels)",
+    )
+    parser.add_argument(
+        "--labels",
+        choices=("auto", "verifier", "lrm"),
+        default="auto",
+        help="step labels: the task's step verifier, agreement with the LRM, or auto "
+        "(the verifier where the task has one)",
+    )
     parser.add_argument("--n", type=int, default=200, help="number of calibration problems")
     parser.add_argument("--seed", type=int, default=0, help="problem seed")
     parser.add_argument(
@@ -34,6 +46,9 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--out", required=True, help="calibration JSON to write")
     parser.add_argument("--report", help="also write the full report as JSON here")
+    parser.add_argument(
+        "--plot", help="draw the signals' distributions on good and failing steps (PNG) here"
+    )
     parser.set_defaults(handler=calibrate_command)
 
 
@@ -43,27 +58,42 @@ def calibrate_command(args: argparse.Namespace) -> int:
     from rich.progress import Progress
     from rich.table import Table
 
-    from langchain_rankguide.calibration import collect_demo_steps, fit_calibration
+    from langchain_rankguide.bench.tasks import load_task
+    from langchain_rankguide.calibration import (
+        collect_steps,
+        fit_calibration,
+        lrm_agreement_labels,
+        plot_distributions,
+        verifier_labels,
+    )
     from langchain_rankguide.config import load_config
     from langchain_rankguide.pipeline import RankGuidePipeline
 
-    if args.task != "demo":
-        raise RankGuideError(f"--task {args.task!r} is not supported yet; use 'demo'")
     if args.n < 1 or not 0 < args.target_rate < 1:
         raise RankGuideError("--n must be >= 1 and --target-rate in (0, 1)")
+    task = load_task(args.task)
+    labels = args.labels
+    if labels == "auto":
+        labels = "verifier" if task.has_step_verifier else "lrm"
+    if labels == "verifier" and not task.has_step_verifier:
+        raise RankGuideError(f"task {task.name} has no step verifier; use --labels lrm")
     config = load_config(
         args.config,
         overrides={"signals.diagnostics": True, "routing.calibration": None},
     )
     pipeline = RankGuidePipeline(config)
+    problems = task.calibration_problems(args.n, args.seed)
+    labeller = verifier_labels(task) if labels == "verifier" else lrm_agreement_labels(pipeline)
     console = Console(stderr=True)
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("SRM on calibration problems", total=args.n)
-        steps = collect_demo_steps(
+        bar = progress.add_task(
+            f"SRM on calibration problems ({labels} labels)", total=len(problems)
+        )
+        steps = collect_steps(
             pipeline,
-            args.n,
-            seed=args.seed,
-            progress=lambda done, _n: progress.update(task, completed=done),
+            problems,
+            labeller,
+            progress=lambda done, _n: progress.update(bar, completed=done),
         )
     report = fit_calibration(
         steps,
@@ -72,29 +102,47 @@ def calibrate_command(args: argparse.Namespace) -> int:
         rank_signal=args.rank_signal,
         reflection_streak=config.routing.revalidation_streak,
     )
+    report.labels = labels
+    report.calibration.notes += f"; labels: {labels}; task: {task.name}"
     report.calibration.save(args.out)
     table = Table(
         title=f"AUROC for a failing step ({report.n_steps} steps, "
-        f"{report.failing_rate:.1%} failing)"
+        f"{report.failing_rate:.1%} failing, {labels} labels)"
     )
-    for column in ("signal", "n", "AUROC", "AUROC within equal length", "direction"):
+    columns = ("signal", "n", "AUROC", "within equal length", "within equal position", "dir")
+    for column in columns:
         table.add_column(column, justify="right" if column != "signal" else "left")
+
+    def show(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
     for row in sorted(report.signals, key=lambda r: -(r.auroc or 0)):
         table.add_row(
             row.name,
             str(row.n),
-            "-" if row.auroc is None else f"{row.auroc:.3f}",
-            "-" if row.auroc_within_length is None else f"{row.auroc_within_length:.3f}",
+            show(row.auroc),
+            show(row.auroc_within_length),
+            show(row.auroc_within_position),
             "+" if row.direction > 0 else "-",
         )
     out = Console()
     out.print(table)
     cal = report.calibration
+    aurocs = ", ".join(
+        f"{name} {'-' if value is None else f'{value:.3f}'}"
+        for name, value in report.policy_aurocs.items()
+    )
     out.print(
         f"rankguide: weights {cal.weights}, bias {cal.bias:.3f}, threshold {cal.threshold:.3f} "
         f"(escalates {report.fitted_escalation_rate:.1%} of calibration steps); "
         f"rank signal {report.chosen_rank_signal}; written to {args.out}"
     )
+    out.print(f"policy score AUROCs on the calibration steps (in-sample): {aurocs}")
+    if args.plot:
+        if plot_distributions(steps, report.signals, args.plot):
+            out.print(f"signal distributions drawn to {args.plot}")
+        else:
+            console.print("[yellow]note:[/] no plot: matplotlib is missing")
     if args.report:
         Path(args.report).write_text(json.dumps(asdict(report), indent=2, default=str) + "\n")
     return 0

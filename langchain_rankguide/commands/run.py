@@ -10,7 +10,10 @@ from typing import Any
 
 from langchain_rankguide.errors import RankGuideError
 
-DEMO_QUESTION = "Start at 72. Subtract 39, then add 14, then multiply by 2. What is the result?"
+DEMO_QUESTION = (
+    "Start at 72, then: (1) subtract 39, (2) add 14, (3) multiply by 2, (4) subtract 25. "
+    "What is the result?"
+)
 
 
 def register(subparsers: Any) -> None:

@@ -1,0 +1,47 @@
+"""The embedded demo: a synthetic arithmetic task, its verifier and a shipped SRM/LRM pair.
+
+Importing this package is cheap (no torch); the models load through
+:func:`langchain_rankguide.engine.load_model` (``"demo:srm"``, ``"demo:lrm"``) or directly with
+``AutoModelForCausalLM.from_pretrained(DEMO_SRM_DIR)``.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+from langchain_rankguide.demo.task import (
+    Problem,
+    StepLabel,
+    TraceStep,
+    TraceVerdict,
+    extract_answer,
+    generate_problem,
+    make_problems,
+    parse_problem,
+    render_trace,
+    trace_text,
+    verify_steps,
+)
+
+_MODELS = files("langchain_rankguide") / "demo" / "models"
+#: Folder of the shipped small reasoning model (a complete Hugging Face folder).
+DEMO_SRM_DIR: Path = Path(str(_MODELS / "srm"))
+#: Folder of the shipped large reasoning model.
+DEMO_LRM_DIR: Path = Path(str(_MODELS / "lrm"))
+
+__all__ = [
+    "DEMO_LRM_DIR",
+    "DEMO_SRM_DIR",
+    "Problem",
+    "StepLabel",
+    "TraceStep",
+    "TraceVerdict",
+    "extract_answer",
+    "generate_problem",
+    "make_problems",
+    "parse_problem",
+    "render_trace",
+    "trace_text",
+    "verify_steps",
+]
