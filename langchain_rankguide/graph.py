@@ -21,7 +21,7 @@ import operator
 import re
 import time
 import uuid
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypedDict, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.config import get_stream_writer
@@ -36,13 +36,13 @@ from langchain_rankguide.pipeline import (
     RunSession,
 )
 from langchain_rankguide.routing import BudgetState, RouteDecision, apply_budget
-from langchain_rankguide.schemas import StepEvent, StepRecord, Usage
+from langchain_rankguide.schemas import FinishReason, StepEvent, StepRecord, Usage
 from langchain_rankguide.signals.text import is_repeat
 
 if TYPE_CHECKING:
     from langchain_rankguide.config import RankGuideConfig
 
-NODES = ("start", "srm_step", "guard", "lrm_step", "finish")
+NODES = ("start", "srm_step", "guard", "lrm_step", "force_answer", "finish")
 
 
 def merge_usage(left: dict[str, Usage] | None, right: dict[str, Usage] | None) -> dict[str, Usage]:
@@ -176,6 +176,9 @@ class _Nodes:
         )
         if stop is not None:
             update["stop_reason"] = stop
+            unanswered = stop in ("budget", "max_steps", "repeat") and not record.is_answer
+            if unanswered and self.config.steps.force_answer:
+                return Command(goto="force_answer", update=update)
             return Command(goto="finish", update=update)
         return Command(goto="srm_step", update=update)
 
@@ -449,6 +452,60 @@ class _Nodes:
         )
         return self._commit(state, session, record, before, budget, config)
 
+    def force_answer(self, state: RankGuideState, config: RunnableConfig) -> Command[Any]:
+        """The run stopped without an answer: write the answer marker and let the model finish.
+
+        The answer's author is the LRM under the ``lrm`` policy or ``final_answer_by: lrm``,
+        else the SRM; the step is recorded as forced, with the reason.
+        """
+        session = self._session(state, config)
+        before = session.usage()
+        started = time.perf_counter()
+        markers = self.config.steps.answer_markers
+        marker = f"{markers[0]} " if markers else ""
+        index = len(state.get("steps", []))
+        by_lrm = session.router.name == "lrm" or self.config.steps.final_answer_by == "lrm"
+        cap = self.config.steps.max_step_tokens
+        token_ids: dict[str, list[int]] = {}
+        if by_lrm:
+            session.lrm.observe(marker)
+            written = session.lrm_write(cap, answer_phase=True)
+            text, tokens, finish = marker + written.text, written.tokens, written.finish_reason
+        else:
+            prefix_ids = session.srm_engine.append_text(marker) if marker else []
+            draft = session.draft(index, cap, answer_phase=True)
+            token_ids["srm"] = [*prefix_ids, *session.accept(draft)]
+            text, tokens = marker + draft.text, draft.tokens
+            finish = cast(FinishReason, draft.finish_reason)
+        reason = f"run stopped ({state.get('stop_reason')}) without an answer: answer forced"
+        record = StepRecord(
+            index=index,
+            author="lrm" if by_lrm else "srm",
+            text=text,
+            tokens=tokens,
+            token_ids=token_ids,
+            decision="forced",
+            escalated=by_lrm,
+            router=session.router.name,
+            reason=reason,
+            latency_s=time.perf_counter() - started,
+            finish_reason=finish,
+            is_answer=True,
+        )
+        session.record_committed(record)
+        usage_delta = _usage_delta(before, session.usage())
+        total_usage = merge_usage(state.get("usage"), usage_delta)
+        get_stream_writer()(StepEvent.from_step(state["run_id"], record, total_usage).to_dict())
+        return Command(
+            goto="finish",
+            update={
+                "steps": [record.to_dict()],
+                "usage": usage_delta,
+                "latency_s": state.get("latency_s", 0.0) + record.latency_s,
+                "generated_tokens": state.get("generated_tokens", 0) + tokens,
+            },
+        )
+
     def finish(self, state: RankGuideState, config: RunnableConfig) -> dict[str, Any]:
         """Extract the answer, check it when the task is known, and free the run's engines."""
         steps = state.get("steps", [])
@@ -484,8 +541,13 @@ def build_graph(
     builder = StateGraph(RankGuideState)
     builder.add_node("start", nodes.start)
     builder.add_node("srm_step", nodes.srm_step, destinations=("guard", "lrm_step"))
-    builder.add_node("guard", nodes.guard, destinations=("srm_step", "lrm_step", "finish"))
-    builder.add_node("lrm_step", nodes.lrm_step, destinations=("srm_step", "finish"))
+    builder.add_node(
+        "guard", nodes.guard, destinations=("srm_step", "lrm_step", "force_answer", "finish")
+    )
+    builder.add_node(
+        "lrm_step", nodes.lrm_step, destinations=("srm_step", "force_answer", "finish")
+    )
+    builder.add_node("force_answer", nodes.force_answer, destinations=("finish",))
     builder.add_node("finish", nodes.finish)
     builder.add_edge(START, "start")
     builder.add_edge("start", "srm_step")

@@ -28,7 +28,12 @@ def tiny_config(tiny_pair, **routing):
             "srm": {"model": str(tiny_pair[0])},
             "lrm": {"model": str(tiny_pair[1])},
             "routing": routing,
-            "steps": {"max_steps": MAX_STEPS, "max_step_tokens": STEP_CAP, "thinking_budget": 200},
+            "steps": {
+                "max_steps": MAX_STEPS,
+                "max_step_tokens": STEP_CAP,
+                "thinking_budget": 200,
+                "force_answer": False,
+            },
         },
     )
 
@@ -151,3 +156,21 @@ def test_langgraph_json_graphs_import_and_compile():
             assert nodes >= {"start", "srm_step", "guard", "lrm_step", "finish"}
         else:
             assert len(nodes) > 2
+
+
+def test_a_run_without_an_answer_gets_a_forced_one(tiny_pair):
+    config = load_config(
+        None,
+        overrides={
+            "srm": {"model": str(tiny_pair[0])},
+            "lrm": {"model": str(tiny_pair[1])},
+            "routing": {"policy": "srm", "calibration": None},
+            "steps": {"max_steps": 3, "max_step_tokens": STEP_CAP, "answer_markers": ["Answer:"]},
+        },
+    )
+    _, final = run(build_graph(config))
+    last = final["steps"][-1]
+    assert final["stop_reason"] == "max_steps"
+    assert last["is_answer"] and last["decision"] == "forced"
+    assert last["text"].startswith("Answer: ") and "answer forced" in last["reason"]
+    assert final["answer"] is not None and final["answer_author"] == "srm"

@@ -466,6 +466,13 @@ class StepsConfig(_Section):
     stop_on_repeat: bool = Field(
         default=True, description="Stop when a step repeats the previous one verbatim."
     )
+    force_answer: bool = Field(
+        default=True,
+        description=(
+            "When a run stops without an answer (budget, step limit or a repeat), write the first "
+            "answer marker and let the answer's author finish it, so every run has an answer."
+        ),
+    )
 
     @field_validator("end_markers", "answer_markers")
     @classmethod
