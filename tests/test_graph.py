@@ -174,3 +174,14 @@ def test_a_run_without_an_answer_gets_a_forced_one(tiny_pair):
     assert last["is_answer"] and last["decision"] == "forced"
     assert last["text"].startswith("Answer: ") and "answer forced" in last["reason"]
     assert final["answer"] is not None and final["answer_author"] == "srm"
+
+
+def test_demo_pair_with_a_forced_escalation():
+    from langchain_rankguide.commands.run import DEMO_QUESTION
+
+    config = load_config(None, overrides={"routing": {"policy": "rank", "threshold": -1e9}})
+    _, final = run(build_graph(config), question=DEMO_QUESTION)
+    assert final["steps"] and all(s["author"] == "lrm" for s in final["steps"])
+    assert all(s["escalated"] and s["draft_text"] for s in final["steps"])
+    assert final["answer"] is not None and final["correct"] is not None
+    assert final["usage"]["srm"]["decode_tokens"] > 0 and final["usage"]["lrm"]["decode_tokens"] > 0
