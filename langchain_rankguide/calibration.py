@@ -491,9 +491,14 @@ def plot_distributions(
             if values_of:  # a density of nothing divides by zero
                 axis.hist(values_of, bins=bins, range=span, density=True, alpha=0.55, label=label)
         r = by_name[name]
-        within = "-" if r.auroc_within_length is None else f"{r.auroc_within_length:.2f}"
-        overall = "-" if r.auroc is None else f"{r.auroc:.2f}"
-        axis.set_title(f"{name}\nAUROC {overall}, within length {within}", fontsize=9)
+        def show(value: float | None) -> str:
+            return "-" if value is None else f"{value:.2f}"
+
+        axis.set_title(
+            f"{name}\nAUROC {show(r.auroc)}; within length {show(r.auroc_within_length)}, "
+            f"position {show(r.auroc_within_position)}",
+            fontsize=8,
+        )
         axis.tick_params(labelsize=7)
     for axis in list(axes.flat)[len(names) :]:
         axis.axis("off")

@@ -465,7 +465,7 @@ class _Nodes:
         marker = f"{markers[0]} " if markers else ""
         index = len(state.get("steps", []))
         by_lrm = session.router.name == "lrm" or self.config.steps.final_answer_by == "lrm"
-        cap = self.config.steps.max_step_tokens
+        cap = min(self.config.steps.max_step_tokens, self.config.steps.answer_max_tokens)
         token_ids: dict[str, list[int]] = {}
         if by_lrm:
             session.lrm.observe(marker)

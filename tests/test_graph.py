@@ -165,7 +165,12 @@ def test_a_run_without_an_answer_gets_a_forced_one(tiny_pair):
             "srm": {"model": str(tiny_pair[0])},
             "lrm": {"model": str(tiny_pair[1])},
             "routing": {"policy": "srm", "calibration": None},
-            "steps": {"max_steps": 3, "max_step_tokens": STEP_CAP, "answer_markers": ["Answer:"]},
+            "steps": {
+                "max_steps": 3,
+                "max_step_tokens": STEP_CAP,
+                "answer_markers": ["Answer:"],
+                "force_answer": True,
+            },
         },
     )
     _, final = run(build_graph(config))

@@ -257,10 +257,12 @@ def targets(
     rows: list[dict[str, Any]] = []
     subject = "rankguide"
     value = speedup.get(subject)
+    paired = comparisons.get("vs_lrm", {}).get(subject, {}).get("speedup")
     rows.append(
         {
             "target": "rankguide >= 2x lower mean latency than lrm",
             "value": value,
+            "ci95": paired["ci95"] if paired else None,
             "met": None if value is None else value >= 2.0,
         }
     )

@@ -331,10 +331,15 @@ def _sweep_points(
                 f"{policy} sweep skipped at rates {missing}: the calibration file has no "
                 f"thresholds for them (rerun `rankguide calibrate`)"
             )
+        # A discrete signal gives the same threshold at several rates: run each value once,
+        # and not again where it is the default point's.
+        default = calibration.threshold if policy == "rankguide" and calibration else None
+        seen = {fitted.get(policy) if default is None else default}
         for rate in SWEEP_RATES:
             key = sweep_key(policy, rate)
-            if key in fitted:
+            if key in fitted and fitted[key] not in seen:
                 value = fitted[key]
+                seen.add(value)
                 points.append(
                     PolicyPoint(policy, key, value, {**configurable, "threshold": value}, False)
                 )

@@ -243,12 +243,18 @@ class ChatRankGuide(BaseChatModel):
         if temperature is not None:
             overrides = merge_overrides(overrides, {"sampling": {"temperature": temperature}})
         max_tokens = merged.get("max_tokens", self.max_tokens)
+        # A chat reply needs an answer: a run that stops without one gets a forced answer, whose
+        # tokens are reserved inside max_tokens so reasoning plus answer stay within it.
+        steps: dict[str, Any] = {"force_answer": True}
         if max_tokens is not None:
-            steps = {
-                "thinking_budget": int(max_tokens),
-                "max_step_tokens": min(base.steps.max_step_tokens, int(max_tokens)),
-            }
-            overrides = merge_overrides(overrides, {"steps": steps})
+            reserve = max(1, min(base.steps.answer_max_tokens, int(max_tokens) // 4))
+            budget = max(1, int(max_tokens) - reserve)
+            steps.update(
+                thinking_budget=budget,
+                max_step_tokens=min(base.steps.max_step_tokens, budget),
+                answer_max_tokens=reserve,
+            )
+        overrides = merge_overrides(overrides, {"steps": steps})
         template = {**self.chat_template_kwargs, **dict(merged.get("chat_template_kwargs") or {})}
         if template:
             kwargs = {**base.prompt.chat_template_kwargs, **template}

@@ -467,11 +467,14 @@ class StepsConfig(_Section):
         default=True, description="Stop when a step repeats the previous one verbatim."
     )
     force_answer: bool = Field(
-        default=True,
+        default=False,
         description=(
             "When a run stops without an answer (budget, step limit or a repeat), write the first "
-            "answer marker and let the answer's author finish it, so every run has an answer."
+            "answer marker and let the answer's author finish it (ChatRankGuide turns this on)."
         ),
+    )
+    answer_max_tokens: int = Field(
+        default=16, ge=1, description="Cap on the tokens of a forced answer (`force_answer`)."
     )
 
     @field_validator("end_markers", "answer_markers")

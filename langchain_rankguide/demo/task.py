@@ -14,7 +14,7 @@ injected mistake), and a final answer step::
 
     (3) multiply by 5: 10 * 5 = 50, total 50.
 
-    Wait, check (3) multiply by 5: 10 * 5 = 50, correct.
+    Wait, check 10 * 5: 10 * 5 = 50, correct.
 
     Answer: 50
 
@@ -367,22 +367,21 @@ def operation_text(index: int, a: int, name: str, b: int, result: int) -> str:
     return f"({index}) {_phrase(name, b)}: {expr}{DELIMITER}"
 
 
-def confirm_text(index: int, a: int, name: str, b: int, result: int) -> str:
-    """The text of a reflection step that confirms the result of operation ``index``.
+def confirm_text(a: int, name: str, b: int, result: int) -> str:
+    """The text of a reflection step that confirms an earlier result.
 
-    Like an operation step it names the operation by number and phrase
-    (``Wait, check (2) subtract 23: 33 - 23 = 10, correct.``): a check of an older step is
-    then a copy keyed by a unique prefix, which tiny models get right; keyed by the bare
-    expression they mixed up the operands of neighbouring steps.
+    ``Wait, check 72 - 39: 72 - 39 = 33, correct.`` -- the shipped models' form. The verifier
+    also reads a keyed form, ``Wait, check (1) subtract 39: 72 - 39 = 33, correct.``, which
+    names the operation like an operation step does (see ``docs/demo.md``).
     """
-    head = f"Wait, check ({index}) {_phrase(name, b)}: {a} {SYMBOLS[name]} {b} = {result}"
-    return f"{head}, correct.{DELIMITER}"
+    expr = f"{a} {SYMBOLS[name]} {b}"
+    return f"Wait, check {expr}: {expr} = {result}, correct.{DELIMITER}"
 
 
-def catch_text(index: int, a: int, name: str, b: int, result: int, wrong: int) -> str:
-    """The text of a reflection step that catches and fixes a wrong result of ``index``."""
-    head = f"Wait, check ({index}) {_phrase(name, b)}: {a} {SYMBOLS[name]} {b} = {result}"
-    return f"{head}, not {wrong}. Total {result}.{DELIMITER}"
+def catch_text(a: int, name: str, b: int, result: int, wrong: int) -> str:
+    """The text of a reflection step that catches and fixes a wrong result."""
+    expr = f"{a} {SYMBOLS[name]} {b}"
+    return f"Wait, check {expr}: it is {result}, not {wrong}. Total {result}.{DELIMITER}"
 
 
 def answer_text(value: int) -> str:
@@ -493,7 +492,7 @@ def render_trace(
         if error is not None:
             text, kind, wrong = error
             steps.append(TraceStep(text, "operation", injected_error=True, error_kind=kind))
-            text = catch_text(index + 1, value, name, operand, result, wrong)
+            text = catch_text(value, name, operand, result, wrong)
             steps.append(TraceStep(text, "reflection"))
             checked.add(index)
         else:
@@ -501,7 +500,7 @@ def render_trace(
             steps.append(TraceStep(text, "operation"))
             rate = reflection_rate if name in HARD_OPERATIONS else easy_reflection_rate
             if rng.random() < rate:
-                text = confirm_text(index + 1, value, name, operand, result)
+                text = confirm_text(value, name, operand, result)
                 steps.append(TraceStep(text, "reflection"))
                 checked.add(index)
         done.append((value, name, operand, result))
@@ -511,7 +510,7 @@ def render_trace(
         span = min(3, n_ops - 2)
         for index in range(n_ops - span, n_ops):
             if index not in checked:
-                steps.append(TraceStep(confirm_text(index + 1, *done[index]), "reflection"))
+                steps.append(TraceStep(confirm_text(*done[index]), "reflection"))
     steps.append(TraceStep(answer_text(value), "answer"))
     return steps
 

@@ -507,7 +507,7 @@ SRM/LRM collaboration, not a general model: it knows nothing but this task.
   (`langchain_rankguide.demo.task.format_question`); no system message needed.
 - Output: one step per paragraph (steps end with a blank line), e.g.
   `(1) subtract 39: 72 - 39 = 33, total 33.`, reflection steps such as
-  `Wait, check (1) subtract 39: 72 - 39 = 33, correct.`, then `Answer: 50` and `<|end|>`.
+  `Wait, check 72 - 39: 72 - 39 = 33, correct.`, then `Answer: 50` and `<|end|>`.
 - Tokenizer: printable ASCII characters, a few task words, fused delimiter tokens
   (`".\\n\\n"`, `"=\\n\\n"`); chat template `<|role|>content<|end|>`; EOS `<|end|>`.
 - Training: `rankguide demo train --which {name} --seed {seed}` -- AdamW lr {lr:g}
@@ -539,7 +539,7 @@ def write_model_card(folder: Path) -> None:
         train_cpu_seconds=record["train_cpu_seconds"],
         kept_step=record["kept_step"],
         calibration_accuracy=record["calibration_accuracy"],
-        note=note,
+        note=note + (f"- Note: {record['note']}\n" if record.get("note") else ""),
         **recipe,
     )
     (folder / "README.md").write_text(card, encoding="utf-8")
