@@ -25,19 +25,14 @@ import json
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from langchain_core.callbacks import (
-    AsyncCallbackManagerForLLMRun,
-    CallbackManagerForLLMRun,
-)
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.language_models.chat_models import generate_from_stream
+from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.output_parsers import (
@@ -46,7 +41,7 @@ from langchain_core.output_parsers import (
     PydanticOutputParser,
     PydanticToolsParser,
 )
-from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.outputs import ChatGenerationChunk
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
@@ -55,7 +50,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_vali
 
 from langchain_rankguide.chat_models._common import (
     StopMatcher,
-    iterate_in_thread,
+    StreamFirstChatModel,
     plain_usage,
     pop_unknown_init_kwargs,
     usage_metadata,
@@ -377,7 +372,7 @@ class StepSignals:
 # --------------------------------------------------------------------------- the chat model
 
 
-class ChatSteeredHuggingFace(BaseChatModel):
+class ChatSteeredHuggingFace(StreamFirstChatModel):
     r"""A local Hugging Face causal LM (optionally steered) as a LangChain chat model.
 
     Construction loads nothing: weights load on the first call, once per process, through the
@@ -780,49 +775,6 @@ class ChatSteeredHuggingFace(BaseChatModel):
         if context is not None and context > prompt_length:
             budget = min(budget, context - prompt_length)
         return max(1, budget)
-
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
-        for chunk in self._chunks(messages, stop, **kwargs):
-            if run_manager is not None:
-                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
-
-    async def _astream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[ChatGenerationChunk]:
-        async for chunk in iterate_in_thread(self._chunks(messages, stop, **kwargs)):
-            if run_manager is not None:
-                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        return generate_from_stream(self._chunks(messages, stop, **kwargs))
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        chunks = [c async for c in iterate_in_thread(self._chunks(messages, stop, **kwargs))]
-        return generate_from_stream(iter(chunks))
 
     # ------------------------------------------------------------------ tools and structure
 

@@ -27,23 +27,17 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from langchain_core.callbacks import (
-    AsyncCallbackManagerForLLMRun,
-    CallbackManagerForLLMRun,
-)
-from langchain_core.language_models import BaseChatModel
-from langchain_core.language_models.chat_models import generate_from_stream
 from langchain_core.messages import AIMessageChunk, BaseMessage
-from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.outputs import ChatGenerationChunk
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from langchain_rankguide.chat_models._common import (
     StopMatcher,
-    iterate_in_thread,
+    StreamFirstChatModel,
     plain_usage,
     pop_unknown_init_kwargs,
     usage_metadata,
@@ -100,7 +94,7 @@ def model_name_of(config: Any) -> str:
     return f"{MODEL_PREFIX}{config.srm.model}+{config.lrm.model}"
 
 
-class ChatRankGuide(BaseChatModel):
+class ChatRankGuide(StreamFirstChatModel):
     r"""RankGuide (an SRM and an LRM collaborating step by step) as a LangChain chat model.
 
     Construction reads the configuration (a YAML path, a ``RankGuideConfig`` or the embedded
@@ -439,49 +433,6 @@ class ChatRankGuide(BaseChatModel):
                 yield piece
         if len(detok.text) < len(answer):
             yield answer[len(detok.text) :]
-
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
-        for chunk in self._chunks(messages, stop, **kwargs):
-            if run_manager is not None:
-                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
-
-    async def _astream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[ChatGenerationChunk]:
-        async for chunk in iterate_in_thread(self._chunks(messages, stop, **kwargs)):
-            if run_manager is not None:
-                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        return generate_from_stream(self._chunks(messages, stop, **kwargs))
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        chunks = [c async for c in iterate_in_thread(self._chunks(messages, stop, **kwargs))]
-        return generate_from_stream(iter(chunks))
 
 
 @functools.cache
