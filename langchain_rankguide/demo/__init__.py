@@ -11,15 +11,19 @@ from importlib.resources import files
 from pathlib import Path
 
 from langchain_rankguide.demo.task import (
+    ERROR_KINDS,
     Problem,
     StepLabel,
     TraceStep,
     TraceVerdict,
     extract_answer,
+    format_question,
     generate_problem,
     make_problems,
     parse_problem,
     render_trace,
+    revalidation_flags,
+    split_steps,
     trace_text,
     verify_steps,
 )
@@ -33,15 +37,19 @@ DEMO_LRM_DIR: Path = Path(str(_MODELS / "lrm"))
 __all__ = [
     "DEMO_LRM_DIR",
     "DEMO_SRM_DIR",
+    "ERROR_KINDS",
     "Problem",
     "StepLabel",
     "TraceStep",
     "TraceVerdict",
     "extract_answer",
+    "format_question",
     "generate_problem",
     "make_problems",
     "parse_problem",
     "render_trace",
+    "revalidation_flags",
+    "split_steps",
     "trace_text",
     "verify_steps",
 ]

@@ -4,7 +4,7 @@ Every trace is generated through the project's step engine
 (:class:`~langchain_rankguide.engine.StepEngine`), greedy, one step at a time, exactly as a
 RankGuide run drafts steps, and each step is judged by the task's exact verifier.
 
-Failure modes (the project's operational rules, see ``docs/method.md``), measured on the SRM:
+Failure modes (the project's operational rules for measuring them), measured on the SRM:
 
 * overconfident: a wrong step whose first-token entropy is below the 25th percentile of the
   first-token entropies of all the SRM's steps;
