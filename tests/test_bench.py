@@ -288,6 +288,7 @@ def test_small_bench_run_writes_the_documented_files(tiny_config_file, tmp_path)
         assert set(stats["usage"]) == {"srm", "lrm"}
     assert isinstance(summary["speedup_vs_lrm"], dict)
     assert {"cpu_count", "torch", "python"} <= set(summary["machine"])
+    assert json.loads((out / "machine.json").read_text())["torch_threads"] == 1
     assert any("rankguide skipped" in note for note in summary["notes"])
     report = (out / "report.md").read_text()
     assert "| srm |" in report and "| random |" in report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import time
 from pathlib import Path
@@ -137,10 +138,13 @@ def bench_command(args: argparse.Namespace) -> int:
     plan = plan_points(pipeline, task, settings)
     for note in plan.notes:
         console.print(f"[yellow]note:[/] {note}")
+    machine_file = out / "machine.json"
     if args.report_only:
         records = read_records(results)
         if not records:
             raise RankGuideError(f"no records in {results}")
+        # The machine that ran the records, not the one rebuilding the report.
+        machine = json.loads(machine_file.read_text()) if machine_file.is_file() else None
     else:
         if not plan.points:
             raise RankGuideError("no policy can run (see the notes above)")
@@ -162,6 +166,8 @@ def bench_command(args: argparse.Namespace) -> int:
                 pipeline, task, settings, results, resume=args.resume, progress=tick, plan=plan
             )
         console.print(f"ran {len(records)} records in {time.perf_counter() - started:.0f} s")
+        machine = machine_info(pipeline, args.device)
+        machine_file.write_text(json.dumps(machine, indent=2) + "\n")
     meta = {
         "task": task.name,
         "n_problems": len({r["problem_id"] for r in records}),
@@ -169,9 +175,9 @@ def bench_command(args: argparse.Namespace) -> int:
         "command": _command_line(args),
         "calibration": getattr(pipeline.calibration, "notes", None),
     }
-    summary = summarise(
-        records, machine=machine_info(pipeline, args.device), notes=plan.notes, meta=meta
-    )
+    if machine is None:
+        machine = {**machine_info(pipeline, args.device), "note": "measured when reporting"}
+    summary = summarise(records, machine=machine, notes=plan.notes, meta=meta)
     paths = write_outputs(summary, out)
     _print_table(summary)
     if "pareto" not in paths:
