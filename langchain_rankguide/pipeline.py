@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import importlib.resources
+import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -100,6 +101,12 @@ class RunOptions:
     steering_vector: str | None = None
     steering_scale: float | None = None
     thinking_budget: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "steering_scale"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise InputError(f"{name} must be a finite number, not {value}")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> RunOptions:
@@ -263,6 +270,18 @@ class RankGuidePipeline:
             chat_template_kwargs=self.config.prompt.chat_template_kwargs,
         )
 
+    def check_options(self, options: RunOptions) -> None:
+        """Raise :class:`InputError` for run options this pipeline cannot honour.
+
+        Checked before a run starts, so a request that asks for steering without a vector
+        fails loudly instead of running unsteered.
+        """
+        if options.steering and not (options.steering_vector or self.config.steering.vector):
+            raise InputError(
+                "steering was requested but no steering vector is configured "
+                "(set steering.vector in the config or the steering_vector run option)"
+            )
+
     def warm_up(self, options: RunOptions) -> None:
         """Load the models a run will use, so loading time never counts as step latency."""
         policy = options.policy or self.config.routing.policy
@@ -291,6 +310,7 @@ class RankGuidePipeline:
                 return session
             if session is not None:
                 session.close()
+            self.check_options(options)
             session = RunSession(self, messages, options)
             session.restore(committed)
             self._sessions[run_id] = session

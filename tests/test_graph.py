@@ -11,6 +11,7 @@ import pytest
 
 from langchain_rankguide.config import load_config
 from langchain_rankguide.engine import ModelRegistry, StepEngine, StepSettings
+from langchain_rankguide.errors import InputError
 from langchain_rankguide.graph import build_graph
 from langchain_rankguide.lrm import render_prompt
 from langchain_rankguide.pipeline import RankGuidePipeline
@@ -103,6 +104,20 @@ def test_per_run_overrides_through_configurable(tiny_pair):
     graph = build_graph(tiny_config(tiny_pair, policy="srm"))
     _, final = run(graph, {"configurable": {"policy": "lrm"}})
     assert {s["author"] for s in final["steps"]} == {"lrm"}
+
+
+@pytest.mark.parametrize(
+    "configurable,message",
+    [
+        ({"steering": True}, "no steering vector"),
+        ({"threshold": float("nan")}, "threshold must be a finite number"),
+        ({"steering_scale": float("inf")}, "steering_scale must be a finite number"),
+    ],
+)
+def test_run_options_that_cannot_be_honoured_fail_before_any_step(tiny_pair, configurable, message):
+    graph = build_graph(tiny_config(tiny_pair, policy="srm"))
+    with pytest.raises(InputError, match=message):
+        run(graph, {"configurable": configurable})
 
 
 def _resume_matches(tiny_pair, tmp_path, stop_after_node: str, skip: int) -> None:

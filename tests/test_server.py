@@ -355,6 +355,16 @@ def test_malformed_json_is_400(http: httpx.Client) -> None:
             {"model": "rankguide", "messages": GO, "rankguide": {"unknown": 1}},
             "rankguide.unknown",
         ),
+        (
+            "/chat/completions",
+            {"model": "rankguide", "messages": GO, "rankguide": {"threshold": "nan"}},
+            "rankguide.threshold",
+        ),
+        (
+            "/chat/completions",
+            {"model": "rankguide", "messages": GO, "rankguide": {"steering_scale": "-inf"}},
+            "rankguide.steering_scale",
+        ),
     ],
 )
 def test_wrong_types_are_400_naming_the_field(
@@ -362,6 +372,15 @@ def test_wrong_types_are_400_naming_the_field(
 ) -> None:
     error = assert_error(http.post(path, json=body), 400, "invalid_request_error", param)
     assert error["message"].startswith(f"{param}:")
+
+
+def test_steering_without_a_vector_is_400_not_a_silent_unsteered_run(
+    http: httpx.Client,
+) -> None:
+    body = {"model": "rankguide", "messages": GO, "rankguide": {"steering": True}}
+    resp = http.post("/chat/completions", json=body)
+    assert resp.status_code == 400, resp.text
+    assert "no steering vector" in resp.json()["error"]["message"]
 
 
 def test_unknown_model_is_404(http: httpx.Client) -> None:

@@ -147,6 +147,7 @@ class RankGuideHandler:
                 self.graph.pipeline.router(RunOptions(policy=extras["policy"]))
             except ConfigError as exc:
                 raise InputError(f"rankguide.policy: {exc}") from None
+        self.graph.pipeline.check_options(RunOptions.from_mapping(extras))
         configurable: dict[str, Any] = {"thread_id": uuid.uuid4().hex, **extras}
         if request.seed is not None:
             configurable.setdefault("seed", request.seed)

@@ -24,10 +24,10 @@ class RankGuideExtras(BaseModel):
         Literal["rankguide", "rank", "entropy", "specreason", "keyword", "random", "srm", "lrm"]
         | None
     ) = None
-    threshold: float | None = None
+    threshold: float | None = Field(default=None, allow_inf_nan=False)
     seed: int | None = None
     steering: bool | None = None
-    steering_scale: float | None = None
+    steering_scale: float | None = Field(default=None, allow_inf_nan=False)
 
 
 RESERVED_TEMPLATE_KWARGS = frozenset(
