@@ -260,15 +260,19 @@ def test_stop_strings_end_the_text_and_are_not_returned(
     stop = words[0]  # several tokens: the tokenizer is per character
     cut = free[: free.index(stop)]
 
-    def text_and_finish(**kwargs: Any) -> tuple[str, str | None]:
+    def text_and_finish(**kwargs: Any) -> tuple[str, str | None, Any]:
         if not stream:
             choice = client.completions.create(**kwargs).choices[0]
-            return choice.text, choice.finish_reason
-        chunks = list(client.completions.create(stream=True, **kwargs))
-        return "".join(c.choices[0].text for c in chunks), chunks[-1].choices[0].finish_reason
+        else:
+            chunks = list(client.completions.create(stream=True, **kwargs))
+            choice = chunks[-1].choices[0]
+            choice.text = "".join(c.choices[0].text for c in chunks)
+        # vLLM's stop_reason: which stop string matched, so a client can tell it from EOS.
+        return choice.text, choice.finish_reason, (choice.model_extra or {})["stop_reason"]
 
     got = text_and_finish(model="lrm", prompt=prompt, max_tokens=60, stop=["never-seen", stop])
-    assert got == (cut, "stop")
+    assert got == (cut, "stop", stop)
+    assert text_and_finish(model="lrm", prompt=prompt, max_tokens=3) == (free[:3], "length", None)
     # chat: the same stop on the served chat template
     chat_free = client.chat.completions.create(model="lrm", messages=GO, max_tokens=60)
     chat_text = chat_free.choices[0].message.content or ""
@@ -280,13 +284,15 @@ def test_stop_strings_end_the_text_and_are_not_returned(
             )
         )
         text = "".join(c.choices[0].delta.content or "" for c in chunks)
-        finish = chunks[-1].choices[0].finish_reason
+        last = chunks[-1].choices[0]
+        finish, reason = last.finish_reason, (last.model_extra or {})["stop_reason"]
     else:
         choice = client.chat.completions.create(
             model="lrm", messages=GO, max_tokens=60, stop=stop
         ).choices[0]
         text, finish = choice.message.content or "", choice.finish_reason
-    assert (text, finish) == (cut, "stop")
+        reason = (choice.model_extra or {})["stop_reason"]
+    assert (text, finish, reason) == (cut, "stop", stop)
     assert stop not in text
 
 

@@ -390,6 +390,7 @@ class _ChatRender:
             usage_body(outcome.prompt_tokens, outcome.completion_tokens),
             reasoning=reasoning if outcome.vendor is not None else None,
             vendor=outcome.vendor,
+            stop_reason=outcome.stop_reason,
         )
 
     def chunk(self, piece: Piece) -> dict[str, Any]:
@@ -407,7 +408,15 @@ class _ChatRender:
         if outcome.vendor is not None:
             vendor = {k: v for k, v in outcome.vendor.items() if k != "steps"}
         return [
-            chat_chunk(self.id, self.model, {}, outcome.finish_reason, usage=usage, vendor=vendor)
+            chat_chunk(
+                self.id,
+                self.model,
+                {},
+                outcome.finish_reason,
+                usage=usage,
+                vendor=vendor,
+                stop_reason=outcome.stop_reason,
+            )
         ]
 
 
@@ -424,6 +433,7 @@ class _CompletionRender:
             text,
             outcome.finish_reason,
             usage_body(outcome.prompt_tokens, outcome.completion_tokens),
+            stop_reason=outcome.stop_reason,
         )
         if outcome.vendor is not None:
             body["rankguide"] = outcome.vendor
@@ -443,6 +453,7 @@ class _CompletionRender:
             "",
             outcome.finish_reason,
             usage_body(outcome.prompt_tokens, outcome.completion_tokens),
+            stop_reason=outcome.stop_reason,
         )
         return [body]
 

@@ -42,6 +42,9 @@ class Outcome:
     completion_tokens: int
     vendor: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    stop_reason: str | None = None
+    """The stop string that ended generation; ``None`` for end-of-sequence or length (sent
+    as vLLM's ``stop_reason``, so a client can tell a matched delimiter from EOS)."""
 
 
 Generation = Generator[Piece, None, Outcome]
@@ -100,14 +103,16 @@ class PlainModelHandler:
             draft = done.value
         finally:
             stream.close()
-        if held and draft.finish_reason == "stop":
-            # OpenAI semantics: the stop string is not part of the output.
-            matched = next((s for s in stops if held.endswith(s)), "")
-            held = held[: len(held) - len(matched)]
+        matched: str | None = None
+        if draft.finish_reason == "stop":
+            matched = next((s for s in stops if draft.text.endswith(s)), None)
+            if held and matched:
+                # OpenAI semantics: the stop string is not part of the output.
+                held = held[: len(held) - len(matched)]
         if held:
             yield Piece(held)
         finish = "length" if draft.finish_reason == "max_tokens" else "stop"
-        return Outcome(finish, prompt_tokens, draft.n_tokens)
+        return Outcome(finish, prompt_tokens, draft.n_tokens, stop_reason=matched)
 
     def chat(self, request: ChatCompletionRequest, cancelled: Callable[[], bool]) -> Generation:
         """Render the messages with the model's chat template and generate."""

@@ -157,8 +157,26 @@ def usage_body(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
+def _choice(finish_reason: str | None, stop_reason: str | None, **fields: Any) -> dict[str, Any]:
+    """One choice.
+
+    A finished one carries vLLM's ``stop_reason`` (the matched stop string, or ``null`` for
+    end-of-sequence and length) so clients can tell a stop string from EOS.
+    """
+    choice: dict[str, Any] = {"index": 0, **fields, "finish_reason": finish_reason}
+    if finish_reason is not None:
+        choice["stop_reason"] = stop_reason
+    return choice
+
+
 def completion_body(
-    response_id: str, model: str, text: str, finish_reason: str | None, usage: dict[str, int] | None
+    response_id: str,
+    model: str,
+    text: str,
+    finish_reason: str | None,
+    usage: dict[str, int] | None,
+    *,
+    stop_reason: str | None = None,
 ) -> dict[str, Any]:
     """A ``text_completion`` object (or stream chunk when ``usage`` is ``None``)."""
     body: dict[str, Any] = {
@@ -166,7 +184,7 @@ def completion_body(
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [_choice(finish_reason, stop_reason, text=text, logprobs=None)],
     }
     if usage is not None:
         body["usage"] = usage
@@ -182,6 +200,7 @@ def chat_body(
     *,
     reasoning: str | None = None,
     vendor: dict[str, Any] | None = None,
+    stop_reason: str | None = None,
 ) -> dict[str, Any]:
     """A ``chat.completion`` object."""
     message: dict[str, Any] = {"role": "assistant", "content": content}
@@ -192,7 +211,7 @@ def chat_body(
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+        "choices": [_choice(finish_reason, stop_reason, message=message)],
         "usage": usage,
     }
     if vendor is not None:
@@ -208,6 +227,7 @@ def chat_chunk(
     *,
     usage: dict[str, int] | None = None,
     vendor: dict[str, Any] | None = None,
+    stop_reason: str | None = None,
 ) -> dict[str, Any]:
     """A ``chat.completion.chunk`` object."""
     body: dict[str, Any] = {
@@ -215,7 +235,7 @@ def chat_chunk(
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        "choices": [_choice(finish_reason, stop_reason, delta=delta)],
     }
     if usage is not None:
         body["usage"] = usage
