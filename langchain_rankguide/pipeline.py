@@ -17,7 +17,9 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
+import json
 import math
 import threading
 import time
@@ -379,6 +381,9 @@ class RunSession:
 
     def __post_init__(self) -> None:
         self.router = self.pipeline.router(self.options)
+        self.run_key = hashlib.sha256(
+            json.dumps(self.messages, sort_keys=True, default=str).encode("utf-8")
+        ).hexdigest()[:16]
 
     # ------------------------------------------------------------------ set-up
 
@@ -514,7 +519,9 @@ class RunSession:
             signals, notes = compute_signals(
                 names, SignalInputs(first_token_logprobs=logprobs), self.pipeline.signal_settings
             )
-        return self.router.decide_before(StepContext(index, signals=signals, notes=notes))
+        return self.router.decide_before(
+            StepContext(index, signals=signals, notes=notes, run_key=self.run_key)
+        )
 
     def draft(self, index: int, max_new_tokens: int, *, answer_phase: bool) -> PendingStep:
         """Draft the next step on the SRM and compute the router's signals for it."""
@@ -577,6 +584,7 @@ class RunSession:
             is_answer=pending.is_answer,
             previous_texts=self.previous_texts(),
             judge=self.judge,
+            run_key=self.run_key,
         )
         return self.router.decide(ctx)
 

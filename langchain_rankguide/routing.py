@@ -63,6 +63,8 @@ class StepContext:
         previous_texts: committed steps so far.
         judge: asks the LRM for a one-token 0-9 score of ``text`` (SpecReason); ``None`` if
             unavailable.
+        run_key: a stable identity of the run's prompt, so seeded per-step draws differ from
+            one problem to the next yet repeat for the same problem.
     """
 
     step_index: int
@@ -72,6 +74,7 @@ class StepContext:
     is_answer: bool = False
     previous_texts: Sequence[str] = ()
     judge: Callable[[str], int | None] | None = None
+    run_key: str = ""
 
 
 class Router(ABC):
@@ -159,12 +162,14 @@ class RandomRouter(Router):
         """None: the draw ignores the step."""
         return ()
 
-    def _draw(self, step_index: int) -> float:
-        return random.Random(f"{self.seed}:{step_index}").random()
+    def _draw(self, ctx: StepContext) -> float:
+        # Keyed by the run too: a draw keyed by the step index alone would escalate the same
+        # step positions in every problem, a position policy rather than a random baseline.
+        return random.Random(f"{self.seed}:{ctx.run_key}:{ctx.step_index}").random()
 
     def decide_before(self, ctx: StepContext) -> RouteDecision:
         """Decide before drafting, so an escalated step costs no SRM time."""
-        draw = self._draw(ctx.step_index)
+        draw = self._draw(ctx)
         return RouteDecision(draw < self.rate, draw, None, f"draw {draw:.3f} vs rate {self.rate}")
 
     def decide(self, ctx: StepContext) -> RouteDecision:

@@ -45,9 +45,9 @@ def tiny_config_data(
 ) -> dict[str, Any]:
     """A configuration mapping for the tiny pair.
 
-    The random policy (rate 0.5, seed 0) escalates some steps deterministically; the tiny
-    models never write ``Answer:``, so ``done`` is the answer marker (greedy runs on "go" end
-    with an answer step after six steps).
+    The random policy (rate 0.5, seed 6) escalates some steps deterministically (on "go":
+    SRM and LRM alternate, SRM first); the tiny models never write ``Answer:``, so ``done`` is
+    the answer marker (greedy runs on "go" end with an answer step after six steps).
 
     Args:
         srm: the tiny SRM folder.
@@ -64,7 +64,7 @@ def tiny_config_data(
             "thinking_budget": 200,
             "answer_markers": [ANSWER_MARKER],
         },
-        "routing": {"policy": "random", "random_rate": 0.5, "seed": 0, "calibration": None},
+        "routing": {"policy": "random", "random_rate": 0.5, "seed": 6, "calibration": None},
     }
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}

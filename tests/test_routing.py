@@ -108,6 +108,21 @@ def test_random_policy_is_seeded_per_step_and_near_its_rate():
     assert 0.26 < sum(draws) / len(draws) < 0.34
 
 
+def test_random_policy_draws_differ_between_runs_and_hit_the_rate_at_every_position():
+    """Keyed by the run: not the same step positions escalated in every problem."""
+    router = build_router("random", random_rate=0.1, seed=0)
+    runs = [
+        [router.decide_before(StepContext(i, run_key=f"problem-{k}")).escalate for i in range(6)]
+        for k in range(400)
+    ]
+    assert len({tuple(run) for run in runs}) > 20
+    for position in range(6):
+        share = sum(run[position] for run in runs) / len(runs)
+        assert 0.05 < share < 0.16, (position, share)
+    again = [router.decide_before(StepContext(i, run_key="problem-0")).escalate for i in range(6)]
+    assert again == runs[0]
+
+
 def test_budget_rules_max_escalations_and_hysteresis():
     yes = RouteDecision(True, 1.0, None, "flagged")
     no = RouteDecision(False, 0.0, None, "fine")
