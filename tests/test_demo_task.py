@@ -123,7 +123,7 @@ def test_reference_trace_example() -> None:
         "(1) subtract 39: 72 - 39 = 33, total 33.\n\n(2) subtract 23: 33 - 23 = 10, total 10.\n\n"
     )
     assert "(3) multiply by 5: 10 * 5 = 50, total 50.\n\n" in text
-    assert "Wait, check 10 * 5: 10 * 5 = 50, correct.\n\n" in text
+    assert "Wait, check (3) multiply by 5: 10 * 5 = 50, correct.\n\n" in text
     assert text.endswith("Answer: 50")
     assert split_steps(text) == [s.text for s in steps]
 
@@ -304,12 +304,12 @@ def test_revalidation_flags() -> None:
     problem = _problem()
     steps = [
         operation_text(1, 72, "subtract", 39, 33),
-        confirm_text(72, "subtract", 39, 33),
+        confirm_text(1, 72, "subtract", 39, 33),
         operation_text(2, 33, "add", 14, 47),
         operation_text(3, 47, "multiply", 2, 94),
-        confirm_text(47, "multiply", 2, 94),
-        confirm_text(33, "add", 14, 47),
-        catch_text(47, "multiply", 2, 94, 95),
+        confirm_text(3, 47, "multiply", 2, 94),
+        confirm_text(2, 33, "add", 14, 47),
+        catch_text(3, 47, "multiply", 2, 94, 95),
         "Answer: 94",
     ]
     labels = verify_steps(problem, steps).labels

@@ -14,7 +14,7 @@ injected mistake), and a final answer step::
 
     (3) multiply by 5: 10 * 5 = 50, total 50.
 
-    Wait, check 10 * 5: 10 * 5 = 50, correct.
+    Wait, check (3) multiply by 5: 10 * 5 = 50, correct.
 
     Answer: 50
 
@@ -367,21 +367,47 @@ def operation_text(index: int, a: int, name: str, b: int, result: int) -> str:
     return f"({index}) {_phrase(name, b)}: {expr}{DELIMITER}"
 
 
-def confirm_text(a: int, name: str, b: int, result: int) -> str:
+def _check_head(index: int, a: int, name: str, b: int, keyed: bool) -> str:
+    expr = f"{a} {SYMBOLS[name]} {b}"
+    key = f"({index}) {_phrase(name, b)}" if keyed else expr
+    return f"Wait, check {key}: {expr}"
+
+
+def confirm_text(
+    index: int, a: int, name: str, b: int, result: int, *, keyed: bool = True
+) -> str:
     """The text of a reflection step that confirms an earlier result.
 
-    ``Wait, check 72 - 39: 72 - 39 = 33, correct.`` -- the shipped models' form. The verifier
-    also reads a keyed form, ``Wait, check (1) subtract 39: 72 - 39 = 33, correct.``, which
-    names the operation like an operation step does (see ``docs/demo.md``).
+    Keyed (the default): ``Wait, check (1) subtract 39: 72 - 39 = 33, correct.`` -- named by
+    the operation's number and phrase like the operation step it re-checks, so a model finds
+    what to copy by the key instead of counting back through the trace. Unkeyed:
+    ``Wait, check 72 - 39: 72 - 39 = 33, correct.`` (the shipped SRM's form, see
+    ``docs/demo.md``). The verifier reads both.
+
+    Args:
+        index: The re-checked operation's number in the question (from 1).
+        a: The running total it starts from.
+        name: The operation.
+        b: The operand.
+        result: The right result.
+        keyed: Name the operation by its number and phrase.
     """
-    expr = f"{a} {SYMBOLS[name]} {b}"
-    return f"Wait, check {expr}: {expr} = {result}, correct.{DELIMITER}"
+    return f"{_check_head(index, a, name, b, keyed)} = {result}, correct.{DELIMITER}"
 
 
-def catch_text(a: int, name: str, b: int, result: int, wrong: int) -> str:
-    """The text of a reflection step that catches and fixes a wrong result."""
-    expr = f"{a} {SYMBOLS[name]} {b}"
-    return f"Wait, check {expr}: it is {result}, not {wrong}. Total {result}.{DELIMITER}"
+def catch_text(
+    index: int, a: int, name: str, b: int, result: int, wrong: int, *, keyed: bool = True
+) -> str:
+    """The text of a reflection step that catches and fixes a wrong result.
+
+    Keyed: ``Wait, check (1) subtract 39: 72 - 39 = 33, not 34. Total 33.``; unkeyed:
+    ``Wait, check 72 - 39: it is 33, not 34. Total 33.`` (as in :func:`confirm_text`).
+    """
+    if not keyed:
+        expr = f"{a} {SYMBOLS[name]} {b}"
+        return f"Wait, check {expr}: it is {result}, not {wrong}. Total {result}.{DELIMITER}"
+    head = _check_head(index, a, name, b, keyed)
+    return f"{head} = {result}, not {wrong}. Total {result}.{DELIMITER}"
 
 
 def answer_text(value: int) -> str:
@@ -452,6 +478,7 @@ def render_trace(
     final_check_min_ops: int = 4,
     error_rate: float = 0.08,
     digits: int = 2,
+    keyed_checks: bool = True,
 ) -> list[TraceStep]:
     """Render the reference chain of thought of a problem, with reflections and injected errors.
 
@@ -473,6 +500,7 @@ def render_trace(
         final_check_min_ops: Fewest operations for a final block of checks.
         error_rate: Probability that an operation step is first written wrong.
         digits: The value bound used when drawing wrong results.
+        keyed_checks: Write reflection steps in the keyed form (see :func:`confirm_text`).
 
     Returns:
         The steps; joined by :func:`trace_text` they form the assistant message.
@@ -492,7 +520,7 @@ def render_trace(
         if error is not None:
             text, kind, wrong = error
             steps.append(TraceStep(text, "operation", injected_error=True, error_kind=kind))
-            text = catch_text(value, name, operand, result, wrong)
+            text = catch_text(index + 1, value, name, operand, result, wrong, keyed=keyed_checks)
             steps.append(TraceStep(text, "reflection"))
             checked.add(index)
         else:
@@ -500,7 +528,7 @@ def render_trace(
             steps.append(TraceStep(text, "operation"))
             rate = reflection_rate if name in HARD_OPERATIONS else easy_reflection_rate
             if rng.random() < rate:
-                text = confirm_text(value, name, operand, result)
+                text = confirm_text(index + 1, value, name, operand, result, keyed=keyed_checks)
                 steps.append(TraceStep(text, "reflection"))
                 checked.add(index)
         done.append((value, name, operand, result))
@@ -510,7 +538,9 @@ def render_trace(
         span = min(3, n_ops - 2)
         for index in range(n_ops - span, n_ops):
             if index not in checked:
-                steps.append(TraceStep(confirm_text(*done[index]), "reflection"))
+                steps.append(
+                    TraceStep(confirm_text(index + 1, *done[index], keyed=keyed_checks), "reflection")
+                )
     steps.append(TraceStep(answer_text(value), "answer"))
     return steps
 

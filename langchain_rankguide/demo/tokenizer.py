@@ -132,7 +132,9 @@ def _split_pattern() -> str:
     Oniguruma alternation takes the first alternative that matches at a position, so the
     multi-character pieces come before the one-character fallback ``[\s\S]``.
     """
-    multi = sorted({*FUSED_TOKENS, *WORD_TOKENS}, key=len, reverse=True)
+    # Longest first (a token must win over its prefixes); ties by text, so the saved
+    # tokenizer.json is the same in every process (set order varies with hash seeds).
+    multi = sorted({*FUSED_TOKENS, *WORD_TOKENS}, key=lambda t: (-len(t), t))
     return "|".join(re.escape(piece) for piece in multi) + r"|[\s\S]"
 
 

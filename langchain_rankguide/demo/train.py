@@ -74,6 +74,8 @@ class ModelRecipe:
         system_rate: Fraction of examples with a system message.
         max_positions: ``max_position_embeddings`` written to the config.
         eval_max_tokens: Cap on decoded tokens per check trace.
+        keyed_checks: Reflection steps in the keyed form (``Wait, check (2) add 14: ...``);
+            ``False`` writes the unkeyed form (``Wait, check 33 + 14: ...``).
         stop_step: Stop after this step (the learning-rate schedule still spans
             ``max_steps``); ``None`` trains to ``max_steps`` or the ``stop_above`` rule.
     """
@@ -96,6 +98,7 @@ class ModelRecipe:
     eval_max_tokens: int = 360
     eval_from: int = 0
     stop_step: int | None = None
+    keyed_checks: bool = True
 
 
 SRM_RECIPE = ModelRecipe(
@@ -113,6 +116,10 @@ SRM_RECIPE = ModelRecipe(
     eval_from=600,
     target_accuracy=0.60,
     stop_above=0.80,
+    # Unkeyed checks: with the keyed form this 2-layer model reached only 40% calibration
+    # accuracy by the end of its schedule (below the 45-75% an SRM should have); unkeyed it
+    # peaks near 55%. The LRM learns from keyed checks (see docs/demo.md).
+    keyed_checks=False,
 )
 LRM_RECIPE = ModelRecipe(
     name="lrm",
@@ -122,14 +129,11 @@ LRM_RECIPE = ModelRecipe(
     ffn=192,
     lr=3e-3,
     warmup=200,
-    max_steps=3200,
+    max_steps=2400,
     batch=32,
-    eval_every=200,
-    eval_from=800,
+    eval_every=600,
+    eval_from=1200,
     eval_problems=128,
-    # The shipped LRM was stopped here: the time this project had for training ran out with
-    # the model at 63% calibration accuracy (it was still climbing slowly); see docs/demo.md.
-    stop_step=1480,
 )
 QUICK_RECIPES: dict[str, ModelRecipe] = {
     "srm": replace(
@@ -178,6 +182,7 @@ def encode_example(
     rng: random.Random,
     *,
     system: str | None = None,
+    keyed_checks: bool = True,
 ) -> tuple[list[int], list[int]]:
     """Tokenise one training example: the chat prompt, then the trace and ``<|end|>``.
 
@@ -186,6 +191,7 @@ def encode_example(
         problem: The problem.
         rng: Source of the trace's reflections and injected errors.
         system: Optional system message.
+        keyed_checks: Reflection steps in the keyed form (see ``task.confirm_text``).
 
     Returns:
         ``(input_ids, labels)``; labels are ``-100`` on the prompt and on injected wrong steps.
@@ -197,7 +203,7 @@ def encode_example(
     labels = [IGNORE_INDEX] * len(ids)
     # Steps are tokenised one by one: no token spans a step boundary (every step ends with
     # the delimiter), so this equals tokenising the joined text.
-    for step in render_trace(problem, rng):
+    for step in render_trace(problem, rng, keyed_checks=keyed_checks):
         step_ids = tokenizer.encode(step.text, add_special_tokens=False)
         ids.extend(step_ids)
         labels.extend([IGNORE_INDEX] * len(step_ids) if step.injected_error else step_ids)
@@ -216,6 +222,7 @@ class BatchStream:
         batch: Examples per batch.
         system_rate: Fraction of examples with a system message.
         pool_batches: Batches drawn at once and sorted by length before cutting.
+        keyed_checks: Reflection steps in the keyed form.
     """
 
     def __init__(
@@ -226,12 +233,14 @@ class BatchStream:
         batch: int,
         system_rate: float,
         pool_batches: int = 4,
+        keyed_checks: bool = True,
     ) -> None:
         self.tokenizer = tokenizer
         self.rng = random.Random(f"rankguide-demo:train-stream:{seed}")
         self.batch = batch
         self.system_rate = system_rate
         self.pool_batches = pool_batches
+        self.keyed_checks = keyed_checks
         self._queue: list[list[tuple[list[int], list[int]]]] = []
 
     def _refill(self) -> None:
@@ -243,7 +252,11 @@ class BatchStream:
             system = (
                 self.rng.choice(SYSTEM_PROMPTS) if self.rng.random() < self.system_rate else None
             )
-            examples.append(encode_example(self.tokenizer, problem, self.rng, system=system))
+            examples.append(
+                encode_example(
+                    self.tokenizer, problem, self.rng, system=system, keyed_checks=self.keyed_checks
+                )
+            )
         examples.sort(key=lambda ex: len(ex[0]))
         chunks = [examples[i : i + self.batch] for i in range(0, len(examples), self.batch)]
         self.rng.shuffle(chunks)
@@ -416,6 +429,7 @@ def train_model(
         seed=seed * 1000 + (1 if recipe.name == "srm" else 2),
         batch=recipe.batch,
         system_rate=recipe.system_rate,
+        keyed_checks=recipe.keyed_checks,
     )
     calibration = make_problems(recipe.eval_problems, seed=seed, split="calibration")
     history: list[tuple[int, float]] = []
@@ -507,7 +521,7 @@ SRM/LRM collaboration, not a general model: it knows nothing but this task.
   (`langchain_rankguide.demo.task.format_question`); no system message needed.
 - Output: one step per paragraph (steps end with a blank line), e.g.
   `(1) subtract 39: 72 - 39 = 33, total 33.`, reflection steps such as
-  `Wait, check 72 - 39: 72 - 39 = 33, correct.`, then `Answer: 50` and `<|end|>`.
+  `{check_example}`, then `Answer: 50` and `<|end|>`.
 - Tokenizer: printable ASCII characters, a few task words, fused delimiter tokens
   (`".\\n\\n"`, `"=\\n\\n"`); chat template `<|role|>content<|end|>`; EOS `<|end|>`.
 - Training: `rankguide demo train --which {name} --seed {seed}` -- AdamW lr {lr:g}
@@ -531,8 +545,14 @@ def write_model_card(folder: Path) -> None:
         if recipe.get("target_accuracy") is not None
         else ""
     )
+    check_example = (
+        "Wait, check (1) subtract 39: 72 - 39 = 33, correct."
+        if recipe.get("keyed_checks", True)
+        else "Wait, check 72 - 39: 72 - 39 = 33, correct."
+    )
     card = MODEL_CARD.format(
         role=ROLES.get(recipe["name"], recipe["name"]),
+        check_example=check_example,
         params=record["parameters"],
         seed=record["seed"],
         steps_trained=record["steps_trained"],
