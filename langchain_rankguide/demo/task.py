@@ -538,9 +538,8 @@ def render_trace(
         span = min(3, n_ops - 2)
         for index in range(n_ops - span, n_ops):
             if index not in checked:
-                steps.append(
-                    TraceStep(confirm_text(index + 1, *done[index], keyed=keyed_checks), "reflection")
-                )
+                text = confirm_text(index + 1, *done[index], keyed=keyed_checks)
+                steps.append(TraceStep(text, "reflection"))
     steps.append(TraceStep(answer_text(value), "answer"))
     return steps
 
