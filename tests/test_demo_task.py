@@ -441,3 +441,33 @@ def test_tokenizer_saves_and_loads(tmp_path, tokenizer) -> None:  # type: ignore
         messages, tokenize=False, add_generation_prompt=True
     ) == tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert loaded.eos_token == "<|end|>" and loaded.pad_token == "<|pad|>"
+
+
+def test_built_tokenizer_is_the_shipped_one_in_every_process(tmp_path, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """The saved pre-tokenizer pattern does not depend on the process's hash seed."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from langchain_rankguide.demo import DEMO_LRM_DIR, DEMO_SRM_DIR
+
+    tokenizer.save_pretrained(tmp_path)
+    built = json.loads((tmp_path / "tokenizer.json").read_text())["pre_tokenizer"]
+    for folder in (DEMO_SRM_DIR, DEMO_LRM_DIR):
+        shipped = json.loads((folder / "tokenizer.json").read_text())["pre_tokenizer"]
+        assert shipped == built, folder
+    other = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json; from langchain_rankguide.demo.tokenizer import build_tokenizer; "
+            "print(json.loads(build_tokenizer().backend_tokenizer.to_str())['pre_tokenizer']"
+            "['pattern']['Regex'])",
+        ],
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert other.stdout.strip() == built["pattern"]["Regex"]
