@@ -197,13 +197,21 @@ def fit_calibration(
     target_rate: float = 0.25,
     rank_signal: str | None = None,
     reflection_streak: int = 3,
+    extra_signals: Sequence[str] = (),
 ) -> CalibrationReport:
     """Fit the RankGuide router and the policies' thresholds from labelled SRM steps.
 
     The rank signal combined with first-token entropy is ``rank_signal`` if given, else the
     rank signal with the best AUROC *within groups of equal step length* (so a length proxy
-    is not chosen for being long).
+    is not chosen for being long). ``extra_signals`` (registry names) join the combination,
+    e.g. ``("entropy.mean",)``.
+
+    Raises:
+        ValueError: no steps, or an extra signal that is not in the registry.
     """
+    unknown = [n for n in extra_signals if n not in SIGNALS]
+    if unknown:
+        raise ValueError(f"unknown signals {unknown}; see langchain_rankguide.schemas.SIGNALS")
     if not steps:
         raise ValueError("no labelled steps to calibrate on")
     names = [n for n in SIGNALS if any(s.signals.get(n) is not None for s in steps)]
@@ -216,7 +224,11 @@ def fit_calibration(
         ]
         candidates.sort(key=lambda r: r.auroc_within_length or 0.0, reverse=True)
         rank_signal = candidates[0].name if candidates else None
-    combined = [n for n in (rank_signal, ENTROPY) if n is not None and n in by_name]
+    wanted = (rank_signal, ENTROPY, *extra_signals)
+    combined = list(dict.fromkeys(n for n in wanted if n is not None and n in by_name))
+    missing = [n for n in extra_signals if n not in by_name]
+    if missing:
+        notes.append(f"never measured on these steps, left out of the combination: {missing}")
     stats = {
         r.name: SignalStats(mean=r.mean, std=r.std or 1.0, direction=r.direction, auroc=r.auroc)
         for r in reports

@@ -385,3 +385,6 @@ def test_calibrate_command_with_lrm_agreement_labels(tiny_config_file, tmp_path)
     with pytest.raises(SystemExit):
         main([*args, "--labels", "nope", "--out", str(out)])
     assert main([*args, "--labels", "verifier", "--out", str(out)]) == 2
+    assert main([*args, "--combine", "entropy.avg", "--out", str(out)]) == 2  # before any run
+    assert main([*args, "--n", "2", "--combine", "entropy.mean", "--out", str(out)]) == 0
+    assert "entropy.mean" in json.loads(out.read_text())["weights"]

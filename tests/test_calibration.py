@@ -61,6 +61,32 @@ def test_fit_recovers_the_informative_signal_and_target_rate():
     assert again.threshold == cal.threshold
 
 
+def test_extra_signals_join_the_combination_and_unknown_ones_are_refused():
+    rng = random.Random(1)
+    steps = []
+    for _ in range(400):
+        failing = rng.random() < 0.25
+        steps.append(
+            LabelledStep(
+                {
+                    "entropy.first_token": rng.gauss(1.0, 0.3),  # uninformative
+                    "rank.window.effective": rng.gauss(5.0, 1.0),  # uninformative
+                    "entropy.mean": rng.gauss(2.0 if failing else 1.0, 0.3),
+                },
+                failing,
+                8,
+            )
+        )
+    plain = fit_calibration(steps, models={"srm": "a", "lrm": "b"})
+    assert "entropy.mean" not in plain.calibration.weights
+    fitted = fit_calibration(steps, models={"srm": "a", "lrm": "b"}, extra_signals=["entropy.mean"])
+    weights = fitted.calibration.weights
+    assert abs(weights["entropy.mean"]) > 3 * abs(weights["entropy.first_token"])
+    assert fitted.policy_aurocs["rankguide"] > 0.9 > (plain.policy_aurocs["rankguide"] or 0.0)
+    with pytest.raises(ValueError, match="unknown signals"):
+        fit_calibration(steps, models={"srm": "a", "lrm": "b"}, extra_signals=["entropy.avg"])
+
+
 def test_quantile_threshold():
     scores = [float(i) for i in range(100)]
     threshold = quantile_threshold(scores, 0.1)

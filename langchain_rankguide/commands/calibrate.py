@@ -44,6 +44,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--rank-signal", help="rank signal to combine (default: best within-length AUROC)"
     )
+    parser.add_argument(
+        "--combine",
+        default="",
+        metavar="NAME[,NAME]",
+        help="more signals for the rankguide combination, e.g. entropy.mean "
+        "(default: the rank signal and first-token entropy only)",
+    )
     parser.add_argument("--out", required=True, help="calibration JSON to write")
     parser.add_argument("--report", help="also write the full report as JSON here")
     parser.add_argument(
@@ -71,6 +78,12 @@ def calibrate_command(args: argparse.Namespace) -> int:
 
     if args.n < 1 or not 0 < args.target_rate < 1:
         raise RankGuideError("--n must be >= 1 and --target-rate in (0, 1)")
+    from langchain_rankguide.schemas import SIGNALS
+
+    extra = [n.strip() for n in args.combine.split(",") if n.strip()]
+    unknown = [n for n in extra if n not in SIGNALS]
+    if unknown:  # before any model runs
+        raise RankGuideError(f"--combine: unknown signals {unknown} (see docs/signals.md)")
     task = load_task(args.task)
     labels = args.labels
     if labels == "auto":
@@ -101,6 +114,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
         target_rate=args.target_rate,
         rank_signal=args.rank_signal,
         reflection_streak=config.routing.revalidation_streak,
+        extra_signals=extra,
     )
     report.labels = labels
     report.calibration.notes += f"; labels: {labels}; task: {task.name}"
