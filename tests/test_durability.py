@@ -225,7 +225,10 @@ def test_run_killed_from_outside_mid_trace_resumes(
     proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL, "".join(seen)
     saved = saved_state(config_path, db)
-    assert saved.next, "the run was unfinished when it was killed"
+    # Unfinished: no stop reason yet. (``next`` can be empty here: killed after a node's writes
+    # were saved but before its step's checkpoint, the state shows those writes and no task
+    # left in that step; resuming applies them and goes on.)
+    assert saved.values.get("stop_reason") is None, "".join(seen)
     resumed = run_json(
         capsys, "--config", str(config_path), "--checkpoint", str(db), "--thread-id", THREAD
     )
