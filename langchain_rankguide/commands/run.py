@@ -116,7 +116,7 @@ def run_command(args: argparse.Namespace) -> int:
     graph.pipeline.warm_up(RunOptions(policy=args.policy))
     started = time.perf_counter()
     if args.json:
-        state = graph.invoke(graph_input, run_config, durability="sync")
+        state = graph.invoke(graph_input, run_config)
         print(json.dumps(result_json(state, time.perf_counter() - started), allow_nan=False))
         return 0
     from langchain_rankguide.commands.render import TraceRenderer
@@ -124,12 +124,7 @@ def run_command(args: argparse.Namespace) -> int:
     renderer = TraceRenderer()
     renderer.header(question, config, graph.pipeline, configurable)
     state = {}
-    # "sync": each step's checkpoint is on disk before the next step starts, so a run killed
-    # at any moment resumes from the step it had reached.
-    stream = graph.stream(
-        graph_input, run_config, stream_mode=["custom", "values"], durability="sync"
-    )
-    for mode, event in stream:
+    for mode, event in graph.stream(graph_input, run_config, stream_mode=["custom", "values"]):
         if mode == "custom" and event.get("type") == "rankguide.step":
             renderer.step(event["step"])
         elif mode == "values":
