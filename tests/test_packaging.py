@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import zipfile
@@ -50,3 +51,53 @@ def test_wheel_contains_models_tokenizer_and_defaults(wheel: Path) -> None:
     assert "langchain_rankguide/defaults/demo.yaml" in names
     assert "langchain_rankguide/defaults/demo_calibration.json" in names
     assert "langchain_rankguide/py.typed" in names
+
+
+def test_installed_wheel_runs_the_demo_offline(wheel: Path, tmp_path: Path) -> None:
+    """Installed (not editable) and with the hub switched off: both models, the tokenizer's
+    chat template and a whole collaboration run from the package's own files."""
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), wheel],
+        check=True,
+        timeout=300,
+    )
+    script = (
+        "import langchain_rankguide, json\n"
+        "from langchain_rankguide.config import load_config\n"
+        "from langchain_rankguide.engine import load_model\n"
+        "from langchain_rankguide.graph import build_graph\n"
+        f"assert langchain_rankguide.__file__.startswith({str(target)!r}), "
+        "langchain_rankguide.__file__\n"
+        "for spec in ('demo:srm', 'demo:lrm'):\n"
+        "    loaded = load_model(spec)\n"
+        "    prompt = loaded.tokenizer.apply_chat_template(\n"
+        "        [{'role': 'system', 'content': 's'}, {'role': 'user', 'content': 'u'},\n"
+        "         {'role': 'assistant', 'content': 'a'}, {'role': 'tool', 'content': 't'}],\n"
+        "        tokenize=False)\n"
+        "    assert all(f'<|{r}|>' in prompt for r in ('system', 'user', 'assistant', 'tool'))\n"
+        "state = build_graph(load_config(None, overrides={'routing': {'policy': 'random',\n"
+        "    'random_rate': 0.5}})).invoke({'question': "
+        "'Start at 72, then: (1) subtract 39, (2) add 14. What is the result?'})\n"
+        "print(json.dumps({'answer': state['answer'],\n"
+        "    'authors': sorted({s['author'] for s in state['steps']})}))\n"
+    )
+    env = {
+        "PYTHONPATH": str(target),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["answer"] and result["authors"] == ["lrm", "srm"]
