@@ -156,7 +156,7 @@ class BenchPipeline(RankGuidePipeline):
             fitted = calibration.policy_thresholds if calibration is not None else {}
             threshold = options.threshold
             if threshold is None:
-                threshold = routing.threshold if routing.threshold is not None else None
+                threshold = routing.threshold
             if threshold is None:
                 threshold = fitted.get("rank", 1.0)
             signal = rank_signal_of(calibration, routing.rank_signal)

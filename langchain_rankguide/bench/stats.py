@@ -153,6 +153,16 @@ def paired_bootstrap(
     return PairedResult(estimate, _percentiles(draws, level), below, n)
 
 
+def _paired_arrays(
+    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(a, dtype=float)
+    y = np.asarray(b, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"paired samples differ in length: {x.size} vs {y.size}")
+    return x, y
+
+
 def paired_difference(
     a: Sequence[float] | np.ndarray,
     b: Sequence[float] | np.ndarray,
@@ -161,10 +171,7 @@ def paired_difference(
     seed: int = 0,
 ) -> PairedResult:
     """Paired bootstrap of ``mean(a) - mean(b)`` (``a[i]`` and ``b[i]`` are the same problem)."""
-    x = np.asarray(a, dtype=float)
-    y = np.asarray(b, dtype=float)
-    if x.shape != y.shape:
-        raise ValueError(f"paired samples differ in length: {x.size} vs {y.size}")
+    x, y = _paired_arrays(a, b)
     return paired_bootstrap(
         lambda idx: float(x[idx].mean() - y[idx].mean()), x.size, resamples=resamples, seed=seed
     )
@@ -178,10 +185,7 @@ def paired_ratio(
     seed: int = 0,
 ) -> PairedResult:
     """Paired bootstrap of ``mean(a) / mean(b)`` (e.g. the speed-up of ``b`` over ``a``)."""
-    x = np.asarray(a, dtype=float)
-    y = np.asarray(b, dtype=float)
-    if x.shape != y.shape:
-        raise ValueError(f"paired samples differ in length: {x.size} vs {y.size}")
+    x, y = _paired_arrays(a, b)
 
     def ratio(idx: np.ndarray) -> float:
         denominator = y[idx].mean()

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from langchain_rankguide.bench.stats import wilson_interval
 from langchain_rankguide.demo.task import (
     Problem,
     StepLabel,
@@ -41,17 +42,6 @@ from langchain_rankguide.demo.task import (
 MAX_STEP_TOKENS = 64
 MAX_STEPS = 40
 MAX_TRACE_TOKENS = 800
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95% for the default ``z``)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 @dataclass
