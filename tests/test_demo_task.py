@@ -334,7 +334,7 @@ def tokenizer():  # type: ignore[no-untyped-def]
     return build_tokenizer()
 
 
-def test_tokenizer_round_trips_ascii(tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_tokenizer_round_trips_any_text(tokenizer) -> None:  # type: ignore[no-untyped-def]
     texts = [
         "Hello",
         string.printable.replace("\x0b", "").replace("\x0c", ""),
@@ -348,9 +348,23 @@ def test_tokenizer_round_trips_ascii(tokenizer) -> None:  # type: ignore[no-unty
         ids = tokenizer.encode(text, add_special_tokens=False)
         assert tokenizer.decode(ids) == text
     assert len(tokenizer.encode("Hello", add_special_tokens=False)) == 5
-    # Anything else still encodes, as the unknown token.
-    ids = tokenizer.encode("¿Qué?", add_special_tokens=False)
-    assert tokenizer.unk_token_id in ids and len(ids) == 5
+    # Any other character is written as its UTF-8 bytes and decodes back.
+    for text in ("¿Qué?", "你好啊集团", "こんにちは株式会社 😀", "Ünïcödé\u2028end"):
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        assert tokenizer.unk_token_id not in ids
+        assert tokenizer.decode(ids) == text
+    assert len(tokenizer.encode("¿", add_special_tokens=False)) == 2  # two UTF-8 bytes
+
+
+def test_tokenizer_keeps_the_first_version_ids(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    from langchain_rankguide.demo.tokenizer import V1_VOCAB_SIZE
+
+    vocab = tokenizer.get_vocab()
+    assert vocab["<|pad|>"] == 0 and vocab["<|end|>"] == 2
+    assert vocab["<tool_call>"] >= V1_VOCAB_SIZE and vocab["<0x00>"] >= V1_VOCAB_SIZE
+    # Task text never uses an id past the first version's vocabulary.
+    text = trace_text(render_trace(make_problems(1, seed=3)[0], random.Random(1)))
+    assert max(tokenizer.encode(text, add_special_tokens=False)) < V1_VOCAB_SIZE
 
 
 def test_tokenizer_fuses_the_delimiter(tokenizer) -> None:  # type: ignore[no-untyped-def]

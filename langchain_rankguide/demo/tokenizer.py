@@ -6,15 +6,21 @@ with ``AutoTokenizer.from_pretrained`` like any real model's tokenizer.
 
 Design:
 
-* Every printable ASCII character (and tab / newline) is a token, so any ASCII text encodes
-  and ``decode(encode(text)) == text``; any other character becomes ``<|unk|>``.
+* Every printable ASCII character (and tab / newline) is a token; any other character is
+  written as its UTF-8 bytes (``<0xE4><0xBD><0xA0>`` for "你", byte fallback as in Llama's
+  tokenizer), so ``decode(encode(text)) == text`` for any text.
 * A few whole words of the task vocabulary ("total", "Wait", "check", ...) are single tokens
   to keep sequences short.
 * The step delimiter ``"\n\n"`` is a token of its own *and* fused with the character before
   it (``".\n\n"``, ``"=\n\n"``), as real BPE vocabularies do: a step ending in
   ``"total 33.\n\n"`` ends with the single token ``".\n\n"``.  This exercises the engine's
   rule of detecting the delimiter on decoded text, never on one token id.
+* Tool-call markup and the JSON fragments of a tools block (``<tool_call>``,
+  ``{"name": ``, ``"parameters": `` ...) are single tokens, so tool dialogues stay short.
 * Chat template: ``<|role|>content<|end|>`` per message, no system message required.
+
+Ids are stable across versions: the first :data:`V1_VOCAB_SIZE` ids are the first version's
+vocabulary (the stage-1 models are trained on it), tool tokens and bytes come after.
 """
 
 from __future__ import annotations
@@ -117,10 +123,42 @@ CHAT_TEMPLATE = (
 )
 
 
+#: Tool-call markup and frequent JSON fragments of an OpenAI-style tools block.
+TOOL_TOKENS: tuple[str, ...] = (
+    "<tool_call>",
+    "</tool_call>",
+    "Tools: ",
+    '{"name": ',
+    '"arguments": ',
+    '{"type": "function", "function": ',
+    '"description": ',
+    '"parameters": ',
+    '{"properties": ',
+    '"required": ',
+    '"type": "object"',
+    '{"type": "integer"}',
+    '{"type": "string"}',
+    '"type": ',
+)
+
+#: Byte-fallback tokens, one per byte value, in byte order.
+BYTE_TOKENS: tuple[str, ...] = tuple(f"<0x{value:02X}>" for value in range(256))
+
+#: Size of the first version's vocabulary (special tokens, fused delimiters, words, characters).
+V1_VOCAB_SIZE = len(dict.fromkeys((*SPECIAL_TOKENS, *FUSED_TOKENS, *WORD_TOKENS, *CHAR_TOKENS)))
+
+
 def vocabulary() -> dict[str, int]:
-    """Return the token-to-id map: special tokens, fused delimiters, words, then characters."""
+    """Return the token-to-id map: the first version's tokens, then tool tokens, then bytes."""
     vocab: dict[str, int] = {}
-    for token in (*SPECIAL_TOKENS, *FUSED_TOKENS, *WORD_TOKENS, *CHAR_TOKENS):
+    for token in (
+        *SPECIAL_TOKENS,
+        *FUSED_TOKENS,
+        *WORD_TOKENS,
+        *CHAR_TOKENS,
+        *TOOL_TOKENS,
+        *BYTE_TOKENS,
+    ):
         if token not in vocab:
             vocab[token] = len(vocab)
     return vocab
@@ -134,7 +172,7 @@ def _split_pattern() -> str:
     """
     # Longest first (a token must win over its prefixes); ties by text, so the saved
     # tokenizer.json is the same in every process (set order varies with hash seeds).
-    multi = sorted({*FUSED_TOKENS, *WORD_TOKENS}, key=lambda t: (-len(t), t))
+    multi = sorted({*FUSED_TOKENS, *WORD_TOKENS, *TOOL_TOKENS}, key=lambda t: (-len(t), t))
     return "|".join(re.escape(piece) for piece in multi) + r"|[\s\S]"
 
 
@@ -148,9 +186,15 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    core = Tokenizer(models.WordLevel(vocab=vocabulary(), unk_token=UNK))
+    # A BPE model without merges: ``ignore_merges`` maps every pre-tokenized piece that is in
+    # the vocabulary straight to its id, and a character outside it falls back to its bytes.
+    core = Tokenizer(
+        models.BPE(
+            vocab=vocabulary(), merges=[], unk_token=UNK, byte_fallback=True, ignore_merges=True
+        )
+    )
     core.pre_tokenizer = pre_tokenizers.Split(Regex(_split_pattern()), behavior="isolated")
-    core.decoder = decoders.Fuse()
+    core.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
     core.add_special_tokens(
         [AddedToken(tok, special=True, normalized=False) for tok in SPECIAL_TOKENS]
     )
