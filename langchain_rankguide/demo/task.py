@@ -373,9 +373,7 @@ def _check_head(index: int, a: int, name: str, b: int, keyed: bool) -> str:
     return f"Wait, check {key}: {expr}"
 
 
-def confirm_text(
-    index: int, a: int, name: str, b: int, result: int, *, keyed: bool = True
-) -> str:
+def confirm_text(index: int, a: int, name: str, b: int, result: int, *, keyed: bool = True) -> str:
     """The text of a reflection step that confirms an earlier result.
 
     Keyed (the default): ``Wait, check (1) subtract 39: 72 - 39 = 33, correct.`` -- named by
@@ -628,36 +626,27 @@ def _parse_check(text: str) -> _Check | None:
 
 _ANSWER_RE = re.compile(rf"Answer: {_NUM}\.?")
 _ANSWER_SEARCH_RE = re.compile(r"Answer:\s*(-?\d+)")
-_QUESTION_RE = re.compile(
-    r"Start at (\d+)(?:\.|,\s*then:)\s+(.+?)\.\s+What is the result\?", re.IGNORECASE | re.DOTALL
-)
-_PHRASE_RE = re.compile(r"(add|subtract|multiply by|divide by)\s+(\d+)", re.IGNORECASE)
 
 
 def parse_problem(question: str) -> Problem | None:
     """Recognise a demo problem inside free text (``None`` when there is none).
 
+    Every wording of :mod:`langchain_rankguide.demo.forms` is read (canonical, prose, with
+    or without a closing question, 1 or more operations).
+
     Args:
         question: Any text, e.g. a user message that contains a demo question.
 
     Returns:
-        The problem (id ``"parsed-<hash>"``), or ``None`` if no demo question is found or its
-        operations cannot be applied exactly.
+        The problem (id ``"parsed-<hash>"``, question in the canonical wording), or ``None``
+        if no demo question is found or its operations cannot be applied exactly.
     """
-    match = _QUESTION_RE.search(question)
-    if match is None:
+    from langchain_rankguide.demo.forms import parse_operations
+
+    parsed = parse_operations(question)
+    if parsed is None:
         return None
-    start = int(match.group(1))
-    ops: list[tuple[str, int]] = []
-    for phrase in re.split(r",\s*", match.group(2).strip()):
-        phrase = re.sub(
-            r"^(?:\(\d+\)\s*)?(?:and\s+)?(?:then\s+)?", "", phrase.strip(), flags=re.IGNORECASE
-        )
-        op_match = _PHRASE_RE.fullmatch(phrase)
-        if op_match is None:
-            return None
-        name = op_match.group(1).split()[0].lower()
-        ops.append((name, int(op_match.group(2))))
+    start, ops = parsed
     value = start
     try:
         for name, operand in ops:
