@@ -22,7 +22,7 @@ def register(subparsers: Any) -> None:
         "train",
         help="train the demo models (seeded; about an hour on one CPU thread)",
         description=(
-            "Train the demo SRM and/or LRM from scratch and write Hugging Face folders "
+            "Train the demo SRM and/or LRM in two stages and write Hugging Face folders "
             "OUT/srm and OUT/lrm (default: the package's shipped models)."
         ),
     )
@@ -33,6 +33,12 @@ def register(subparsers: Any) -> None:
     train.add_argument("--seed", type=int, default=0, help="seed of weights and data")
     train.add_argument(
         "--quick", action="store_true", help="tiny models and a few steps: a smoke test"
+    )
+    train.add_argument(
+        "--stage1-from",
+        type=Path,
+        metavar="DIR",
+        help="continue from the stage-1 models in DIR/srm and DIR/lrm instead of training them",
     )
     train.set_defaults(handler=train_command)
 
@@ -54,6 +60,13 @@ def register(subparsers: Any) -> None:
         default=800,
         help="decoded-token budget of one trace (default 800)",
     )
+    evaluate.add_argument(
+        "--skills-n",
+        type=int,
+        default=300,
+        help="problems for the takeover and wording figures, 2/3 as many tool dialogues "
+        "(default 300; 0 skips them)",
+    )
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluate.set_defaults(handler=eval_command)
 
@@ -67,7 +80,13 @@ def train_command(args: argparse.Namespace) -> int:
     """Handle ``rankguide demo train``."""
     from langchain_rankguide.demo.train import train_demo
 
-    train_demo(args.out, which=args.which, seed=args.seed, quick=args.quick)
+    train_demo(
+        args.out,
+        which=args.which,
+        seed=args.seed,
+        quick=args.quick,
+        stage1_from=args.stage1_from,
+    )
     return 0
 
 
@@ -80,6 +99,8 @@ def eval_command(args: argparse.Namespace) -> int:
         raise ConfigError("--n must be at least 1")
     if args.max_trace_tokens < 1:
         raise ConfigError("--max-trace-tokens must be at least 1")
+    if args.skills_n < 0:
+        raise ConfigError("--skills-n must be at least 0")
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -91,6 +112,7 @@ def eval_command(args: argparse.Namespace) -> int:
         lrm=args.lrm,
         max_trace_tokens=args.max_trace_tokens,
         log=log,
+        skills_n=args.skills_n,
     )
     if args.json:
         print(report.to_json())

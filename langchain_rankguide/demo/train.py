@@ -21,7 +21,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +78,9 @@ class ModelRecipe:
             ``False`` writes the unkeyed form (``Wait, check 33 + 14: ...``).
         stop_step: Stop after this step (the learning-rate schedule still spans
             ``max_steps``); ``None`` trains to ``max_steps`` or the ``stop_above`` rule.
+        mixture: Stage 2: example kinds and weights (see
+            :class:`~langchain_rankguide.demo.mixture.Mixture`); empty for stage 1.
+        prefix_pool: Stage 2: SRM traces decoded for ``takeover`` examples.
     """
 
     name: str
@@ -99,6 +102,8 @@ class ModelRecipe:
     eval_from: int = 0
     stop_step: int | None = None
     keyed_checks: bool = True
+    mixture: tuple[tuple[str, float], ...] = ()
+    prefix_pool: int = 0
 
 
 SRM_RECIPE = ModelRecipe(
@@ -135,6 +140,30 @@ LRM_RECIPE = ModelRecipe(
     eval_from=1200,
     eval_problems=128,
 )
+#: Stage 2 continues stage 1's weights on the wider mixture: every question wording, 1-6
+#: operations and tool dialogues for both; the LRM also takes over SRM-written prefixes.
+STAGE2_RECIPES: dict[str, ModelRecipe] = {
+    "srm": replace(
+        SRM_RECIPE,
+        lr=2e-3,
+        warmup=20,
+        max_steps=400,
+        eval_every=50,
+        eval_from=50,
+        stop_above=None,
+        mixture=(("own", 0.7), ("tools", 0.25), ("tools_arith", 0.05)),
+    ),
+    "lrm": replace(
+        LRM_RECIPE,
+        lr=1e-3,
+        warmup=50,
+        max_steps=1000,
+        eval_every=500,
+        eval_from=500,
+        mixture=(("own", 0.3), ("takeover", 0.35), ("tools", 0.3), ("tools_arith", 0.05)),
+        prefix_pool=2000,
+    ),
+}
 QUICK_RECIPES: dict[str, ModelRecipe] = {
     "srm": replace(
         SRM_RECIPE,
@@ -223,6 +252,9 @@ class BatchStream:
         system_rate: Fraction of examples with a system message.
         pool_batches: Batches drawn at once and sorted by length before cutting.
         keyed_checks: Reflection steps in the keyed form.
+        example_fn: Draws one ``(input_ids, labels)`` example from the stream's rng instead
+            of the stage-1 own-trace example (stage 2 passes a
+            :class:`~langchain_rankguide.demo.mixture.Mixture`).
     """
 
     def __init__(
@@ -234,6 +266,7 @@ class BatchStream:
         system_rate: float,
         pool_batches: int = 4,
         keyed_checks: bool = True,
+        example_fn: Callable[[random.Random], tuple[list[int], list[int]]] | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.rng = random.Random(f"rankguide-demo:train-stream:{seed}")
@@ -241,11 +274,15 @@ class BatchStream:
         self.system_rate = system_rate
         self.pool_batches = pool_batches
         self.keyed_checks = keyed_checks
+        self.example_fn = example_fn
         self._queue: list[list[tuple[list[int], list[int]]]] = []
 
     def _refill(self) -> None:
         examples: list[tuple[list[int], list[int]]] = []
         while len(examples) < self.batch * self.pool_batches:
+            if self.example_fn is not None:
+                examples.append(self.example_fn(self.rng))
+                continue
             problem = generate_problem(self.rng)
             if split_of(problem.question) != "train":
                 continue
@@ -281,12 +318,17 @@ class BatchStream:
         return input_ids, mask, labels
 
 
-def build_model(recipe: ModelRecipe, tokenizer: PreTrainedTokenizerFast) -> Any:
-    """Create a freshly initialised ``LlamaForCausalLM`` for a recipe (seed torch first)."""
+def build_model(
+    recipe: ModelRecipe, tokenizer: PreTrainedTokenizerFast, *, vocab_size: int | None = None
+) -> Any:
+    """Create a freshly initialised ``LlamaForCausalLM`` for a recipe (seed torch first).
+
+    ``vocab_size`` defaults to the tokenizer's full vocabulary.
+    """
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size or len(tokenizer),
         hidden_size=recipe.hidden,
         intermediate_size=recipe.ffn,
         num_hidden_layers=recipe.layers,
@@ -316,10 +358,12 @@ def greedy_traces(
     *,
     max_new_tokens: int = 360,
     batch_size: int = 128,
+    temperature: float = 0.0,
 ) -> list[str]:
     """Greedy-decode the assistant text for each problem (batched, left-padded).
 
     This is the training-time check; ``rankguide demo eval`` decodes through the step engine.
+    A positive ``temperature`` samples instead (seed torch first to reproduce it).
     """
     import torch
 
@@ -339,7 +383,10 @@ def greedy_traces(
             out = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
+                do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None,
+                top_p=None,
+                top_k=None,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
@@ -388,12 +435,77 @@ class TrainResult:
     history: list[tuple[int, float]]
 
 
+def _optimizer(model: Any, recipe: ModelRecipe) -> Any:
+    import torch
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.lr,
+        betas=(0.9, 0.98),
+    )
+
+
+@dataclass
+class _Checks:
+    """Calibration checks during training, and the snapshots an early-checkpoint rule needs."""
+
+    recipe: ModelRecipe
+    tokenizer: PreTrainedTokenizerFast
+    problems: list[Problem]
+    log: Callable[[str], None]
+    history: list[tuple[int, float]] = field(default_factory=list)
+    snapshots: dict[int, Any] = field(default_factory=dict)
+    above: int = 0
+
+    def due(self, step: int) -> bool:
+        recipe = self.recipe
+        periodic = step % recipe.eval_every == 0 and step >= recipe.eval_from
+        return periodic or step in (recipe.max_steps, recipe.stop_step)
+
+    def run(self, model: Any, step: int, began: float) -> bool:
+        """Check the model; ``True`` when the ``stop_above`` rule says stop."""
+        texts = greedy_traces(
+            model, self.tokenizer, self.problems, max_new_tokens=self.recipe.eval_max_tokens
+        )
+        acc = accuracy(self.problems, texts)
+        self.history.append((step, acc))
+        self.log(
+            f"[{self.recipe.name}] step {step:5d}  calibration accuracy {acc:.3f} "
+            f"({len(self.problems)} problems)  {time.perf_counter() - began:7.1f}s"
+        )
+        if self.recipe.target_accuracy is not None:
+            self.snapshots[step] = copy.deepcopy(model.state_dict())
+        if self.recipe.stop_above is None:
+            return False
+        self.above = self.above + 1 if acc > self.recipe.stop_above else 0
+        if self.above >= 2:
+            self.log(f"[{self.recipe.name}] past {self.recipe.stop_above:.0%} twice: stopping")
+        return self.above >= 2
+
+    def keep(self, model: Any, last_step: int) -> tuple[int, float]:
+        """Load the kept snapshot (early-checkpoint rule) and return its step and accuracy."""
+        kept_step, kept_acc = self.history[-1] if self.history else (last_step, float("nan"))
+        if self.recipe.target_accuracy is not None and self.history:
+            target = self.recipe.target_accuracy
+            kept_step, kept_acc = min(self.history, key=lambda h: (abs(h[1] - target), h[0]))
+            model.load_state_dict(self.snapshots[kept_step])
+            self.log(
+                f"[{self.recipe.name}] keeping step {kept_step} (calibration accuracy "
+                f"{kept_acc:.3f})"
+            )
+        return kept_step, kept_acc
+
+
 def train_model(
     recipe: ModelRecipe,
     tokenizer: PreTrainedTokenizerFast,
     *,
     seed: int = 0,
     log: Callable[[str], None] = print,
+    model: Any = None,
+    stream: BatchStream | None = None,
 ) -> TrainResult:
     """Train one model by a recipe; reproducible for a seed on one thread.
 
@@ -402,6 +514,8 @@ def train_model(
         tokenizer: The demo tokenizer.
         seed: Seed of weights, data and traces.
         log: Where progress lines go.
+        model: Weights to continue from (stage 2); ``None`` builds fresh ones (stage 1).
+        stream: The batches; ``None`` is the stage-1 stream of own traces.
 
     Returns:
         The kept model and its training record.
@@ -410,34 +524,28 @@ def train_model(
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    model = build_model(recipe, tokenizer)
+    if model is None:
+        model = build_model(recipe, tokenizer)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     log(
         f"[{recipe.name}] {recipe.layers} layers x {recipe.hidden} hidden, "
         f"{n_params:,} parameters; {recipe.max_steps} steps max, batch {recipe.batch}"
     )
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=recipe.lr,
-        betas=(0.9, 0.98),
-    )
-    stream = BatchStream(
+    optimizer = _optimizer(model, recipe)
+    stream = stream or BatchStream(
         tokenizer,
         seed=seed * 1000 + (1 if recipe.name == "srm" else 2),
         batch=recipe.batch,
         system_rate=recipe.system_rate,
         keyed_checks=recipe.keyed_checks,
     )
-    calibration = make_problems(recipe.eval_problems, seed=seed, split="calibration")
-    history: list[tuple[int, float]] = []
-    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+    checks = _Checks(
+        recipe, tokenizer, make_problems(recipe.eval_problems, seed=seed, split="calibration"), log
+    )
     began = time.perf_counter()
     began_cpu = time.process_time()
     running = 0.0
-    above = 0
     step = 0
     for step in range(1, recipe.max_steps + 1):
         for group in optimizer.param_groups:
@@ -446,8 +554,7 @@ def train_model(
         # Right padding under a causal mask: real tokens never attend to the pads after
         # them, and pads carry no loss, so no attention mask is needed -- and without one
         # attention takes the fast causal path (a third faster here).
-        out = model(input_ids=input_ids, labels=labels)
-        loss = out.loss
+        loss = model(input_ids=input_ids, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -459,36 +566,14 @@ def train_model(
                 f"lr {_lr_at(step - 1, recipe):.2e}  {time.perf_counter() - began:7.1f}s "
                 f"(cpu {time.process_time() - began_cpu:7.1f}s)"
             )
-        if (step % recipe.eval_every == 0 and step >= recipe.eval_from) or (
-            step in (recipe.max_steps, recipe.stop_step)
-        ):
-            texts = greedy_traces(
-                model, tokenizer, calibration, max_new_tokens=recipe.eval_max_tokens
-            )
-            acc = accuracy(calibration, texts)
-            history.append((step, acc))
-            log(
-                f"[{recipe.name}] step {step:5d}  calibration accuracy {acc:.3f} "
-                f"({len(calibration)} problems)  {time.perf_counter() - began:7.1f}s"
-            )
-            if recipe.target_accuracy is not None:
-                snapshots[step] = copy.deepcopy(model.state_dict())
-            if recipe.stop_above is not None:
-                above = above + 1 if acc > recipe.stop_above else 0
-                if above >= 2:
-                    log(f"[{recipe.name}] past {recipe.stop_above:.0%} twice: stopping")
-                    break
+        if checks.due(step) and checks.run(model, step, began):
+            break
         if recipe.stop_step is not None and step >= recipe.stop_step:
             log(f"[{recipe.name}] reached stop_step {recipe.stop_step}: stopping")
             break
     seconds = time.perf_counter() - began
     cpu_seconds = time.process_time() - began_cpu
-    kept_step, kept_acc = history[-1] if history else (step, float("nan"))
-    if recipe.target_accuracy is not None and history:
-        target = recipe.target_accuracy
-        kept_step, kept_acc = min(history, key=lambda h: (abs(h[1] - target), h[0]))
-        model.load_state_dict(snapshots[kept_step])
-        log(f"[{recipe.name}] keeping step {kept_step} (calibration accuracy {kept_acc:.3f})")
+    kept_step, kept_acc = checks.keep(model, step)
     model.eval()
     return TrainResult(
         model=model,
@@ -497,7 +582,7 @@ def train_model(
         calibration_accuracy=kept_acc,
         seconds=seconds,
         cpu_seconds=cpu_seconds,
-        history=history,
+        history=checks.history,
     )
 
 
@@ -565,22 +650,8 @@ def write_model_card(folder: Path) -> None:
     (folder / "README.md").write_text(card, encoding="utf-8")
 
 
-def save_model(
-    result: TrainResult,
-    recipe: ModelRecipe,
-    tokenizer: PreTrainedTokenizerFast,
-    folder: Path,
-    *,
-    seed: int,
-) -> None:
-    """Write a complete Hugging Face folder: weights, config, tokenizer, card and record."""
-    folder.mkdir(parents=True, exist_ok=True)
-    result.model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    # safetensors writes owner-only files; packaged data must be world-readable.
-    for path in folder.iterdir():
-        path.chmod(0o644)
-    record = {
+def _record(result: TrainResult, recipe: ModelRecipe, seed: int) -> dict[str, Any]:
+    return {
         "recipe": asdict(recipe),
         "seed": seed,
         "parameters": sum(p.numel() for p in result.model.parameters()),
@@ -591,8 +662,86 @@ def save_model(
         "train_cpu_seconds": round(result.cpu_seconds, 1),
         "history": result.history,
     }
+
+
+def save_model(
+    result: TrainResult,
+    recipe: ModelRecipe,
+    tokenizer: PreTrainedTokenizerFast,
+    folder: Path,
+    *,
+    seed: int,
+    stage1: dict[str, Any] | None = None,
+) -> None:
+    """Write a complete Hugging Face folder: weights, config, tokenizer, card and record.
+
+    With ``stage1`` (the first stage's record), the record is the second stage's, with the
+    first kept under ``"stage1"`` and CPU time summed over both.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    result.model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    # safetensors writes owner-only files; packaged data must be world-readable.
+    for path in folder.iterdir():
+        path.chmod(0o644)
+    record = _record(result, recipe, seed)
+    if stage1 is not None:
+        record["stage1"] = stage1
+        record["total_cpu_seconds"] = round(
+            stage1["train_cpu_seconds"] + record["train_cpu_seconds"], 1
+        )
     (folder / "training.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     write_model_card(folder)
+
+
+def _stage1(
+    name: str,
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    seed: int,
+    quick: bool,
+    reuse: Path | None,
+    log: Callable[[str], None],
+) -> tuple[Any, dict[str, Any]]:
+    """Stage-1 weights and record: trained by the stage-1 recipe, or reused from ``reuse``."""
+    if reuse is not None:
+        from transformers import AutoModelForCausalLM
+
+        folder = reuse / name
+        record = json.loads((folder / "training.json").read_text(encoding="utf-8"))
+        record = record.get("stage1", record)
+        log(f"[{name}] stage 1: reusing {folder} ({record['train_cpu_seconds']:.0f} CPU-s)")
+        return AutoModelForCausalLM.from_pretrained(folder, local_files_only=True), record
+    from langchain_rankguide.demo.tokenizer import V1_VOCAB_SIZE
+
+    recipe = QUICK_RECIPES[name] if quick else (SRM_RECIPE if name == "srm" else LRM_RECIPE)
+    # Stage 1 sees only the first version's vocabulary: its weights do not depend on the
+    # tokens stage 2 adds.
+    model = build_model(recipe, tokenizer, vocab_size=V1_VOCAB_SIZE)
+    result = train_model(recipe, tokenizer, seed=seed, log=log, model=model)
+    return result.model, _record(result, recipe, seed)
+
+
+def _mixture(
+    recipe: ModelRecipe, tokenizer: PreTrainedTokenizerFast, srm: Any, seed: int, log: Any
+) -> Any:
+    from langchain_rankguide.demo.mixture import Mixture, sample_prefix_pool
+
+    pool = None
+    if recipe.prefix_pool:
+        began = time.process_time()
+        pool = sample_prefix_pool(srm, tokenizer, n=recipe.prefix_pool, seed=seed)
+        log(
+            f"[{recipe.name}] prefix pool: {len(pool.traces)} SRM traces "
+            f"({time.process_time() - began:.0f} CPU-s)"
+        )
+    return Mixture(
+        tokenizer,
+        dict(recipe.mixture),
+        keyed_checks=recipe.keyed_checks,
+        pool=pool,
+        system_prompts=SYSTEM_PROMPTS,
+    )
 
 
 def train_demo(
@@ -601,20 +750,29 @@ def train_demo(
     which: str = "both",
     seed: int = 0,
     quick: bool = False,
+    stage1_from: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, TrainResult]:
-    """Train the demo models and write them as ``out/srm`` and ``out/lrm``.
+    """Train the demo models in two stages and write them as ``out/srm`` and ``out/lrm``.
+
+    Stage 1 trains each model from scratch on its own canonical traces; stage 2 continues on
+    the mixture of :data:`STAGE2_RECIPES` (question wordings, tools; the LRM also takes over
+    prefixes decoded from the finished SRM, so the SRM is trained first).
 
     Args:
         out: Output folder; default the package's shipped models folder.
-        which: ``"srm"``, ``"lrm"`` or ``"both"``.
+        which: ``"srm"``, ``"lrm"`` or ``"both"`` (``"lrm"`` decodes ``out/srm``).
         seed: Seed of everything.
         quick: Tiny models and a few steps (a smoke test of the pipeline, seconds).
+        stage1_from: A folder with ``srm``/``lrm`` stage-1 models to continue from instead of
+            training stage 1 (its ``training.json`` records are kept).
         log: Where progress lines go.
 
     Returns:
-        The training result per model name.
+        The stage-2 training result per model name.
     """
+    from transformers import AutoModelForCausalLM
+
     from langchain_rankguide.demo.tokenizer import build_tokenizer
 
     if which not in ("srm", "lrm", "both"):
@@ -624,11 +782,26 @@ def train_demo(
     names = ("srm", "lrm") if which == "both" else (which,)
     results: dict[str, TrainResult] = {}
     for name in names:
-        recipe = QUICK_RECIPES[name] if quick else (SRM_RECIPE if name == "srm" else LRM_RECIPE)
-        result = train_model(recipe, tokenizer, seed=seed, log=log)
-        save_model(result, recipe, tokenizer, out / name, seed=seed)
+        model, stage1 = _stage1(name, tokenizer, seed=seed, quick=quick, reuse=stage1_from, log=log)
+        model.resize_token_embeddings(len(tokenizer))
+        recipe = STAGE2_RECIPES[name]
+        if quick:
+            pool = 4 if recipe.prefix_pool else 0
+            recipe = replace(QUICK_RECIPES[name], mixture=recipe.mixture, prefix_pool=pool)
+        srm = None
+        if recipe.prefix_pool:
+            srm = AutoModelForCausalLM.from_pretrained(out / "srm", local_files_only=True)
+        stream = BatchStream(
+            tokenizer,
+            seed=seed * 1000 + (11 if name == "srm" else 12),
+            batch=recipe.batch,
+            system_rate=recipe.system_rate,
+            example_fn=_mixture(recipe, tokenizer, srm, seed, log),
+        )
+        result = train_model(recipe, tokenizer, seed=seed, log=log, model=model, stream=stream)
+        save_model(result, recipe, tokenizer, out / name, seed=seed, stage1=stage1)
         log(
-            f"[{name}] saved to {out / name} ({result.cpu_seconds:.0f} CPU-s, "
+            f"[{name}] saved to {out / name} (stage 2: {result.cpu_seconds:.0f} CPU-s, "
             f"{result.seconds:.0f} s wall)"
         )
         results[name] = result
