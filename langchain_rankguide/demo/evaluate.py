@@ -347,6 +347,9 @@ class EvalReport:
         engine_speed_ratio: The same ratio through the step engine.
         srm_failure_modes: The SRM's failure-mode frequencies.
         seconds: Wall time of the evaluation.
+        skills: Takeover, wording and tool-call accuracies (see
+            :mod:`~langchain_rankguide.demo.skills`): name -> ``{"hits", "n", "value",
+            "interval"}``; empty when not measured.
     """
 
     n: int
@@ -356,6 +359,7 @@ class EvalReport:
     engine_speed_ratio: float
     srm_failure_modes: FailureModes
     seconds: float
+    skills: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """The report as indented JSON."""
@@ -370,6 +374,7 @@ def evaluate(
     lrm: str = "demo:lrm",
     max_trace_tokens: int = MAX_TRACE_TOKENS,
     log: Callable[[str], None] | None = None,
+    skills_n: int = 300,
 ) -> EvalReport:
     """Evaluate the SRM and LRM on ``n`` held-out problems (greedy, one thread, step engine).
 
@@ -380,6 +385,8 @@ def evaluate(
         lrm: Model spec of the LRM.
         max_trace_tokens: Decoded-token budget of one trace.
         log: Where progress lines go (``None``: silent).
+        skills_n: Problems (tool dialogues: two thirds as many) for the takeover, wording
+            and tool-call figures; 0 skips them.
 
     Returns:
         The report.
@@ -391,8 +398,9 @@ def evaluate(
     say = log or (lambda _line: None)
     reports: dict[str, ModelReport] = {}
     all_records: dict[str, list[TraceRecord]] = {}
+    models: dict[str, Any] = {}
     for name, spec in (("srm", srm), ("lrm", lrm)):
-        loaded = load_model(spec, dtype="float32", device="cpu", threads=1)
+        loaded = models[name] = load_model(spec, dtype="float32", device="cpu", threads=1)
         prompt = loaded.tokenizer.apply_chat_template(
             chat_messages(problems[0]), tokenize=False, add_generation_prompt=True
         )
@@ -410,6 +418,11 @@ def evaluate(
         all_records[name] = records
         reports[name] = model_report(name, loaded, records, speed)
     srm_report, lrm_report = reports["srm"], reports["lrm"]
+    skills = (
+        measure_skills(models, problems, all_records["srm"], n=skills_n, seed=seed, say=say)
+        if skills_n
+        else {}
+    )
     return EvalReport(
         n=n,
         seed=seed,
@@ -418,7 +431,36 @@ def evaluate(
         engine_speed_ratio=lrm_report.engine_ms_per_token / srm_report.engine_ms_per_token,
         srm_failure_modes=failure_modes(all_records["srm"]),
         seconds=time.perf_counter() - began,
+        skills=skills,
     )
+
+
+def measure_skills(
+    models: dict[str, Any],
+    problems: Sequence[Problem],
+    srm_records: Sequence[TraceRecord],
+    *,
+    n: int,
+    seed: int,
+    say: Callable[[str], None],
+) -> dict[str, dict[str, Any]]:
+    """Takeover accuracy (first ``n`` SRM traces), wording and tool-call accuracy per model."""
+    from langchain_rankguide.demo import skills
+
+    rates: dict[str, skills.Rate] = {}
+    say(f"[skills] takeover from the SRM's first {n} held-out traces")
+    rates["takeover"] = skills.takeover_accuracy(
+        models["lrm"], problems[:n], [r.steps for r in srm_records[:n]]
+    )
+    worded = skills.worded_problems(n, seed)
+    for name, loaded in models.items():
+        say(f"[skills] {name}: {n} worded questions, {2 * n // 3} tool dialogues")
+        rates[f"{name}_wording"] = skills.wording_accuracy(loaded, name, worded)
+        rates[f"{name}_tool_calls"] = skills.tool_call_accuracy(loaded, 2 * n // 3, seed)
+    return {
+        key: {"hits": r.hits, "n": r.n, "value": r.value, "interval": r.interval}
+        for key, r in rates.items()
+    }
 
 
 def format_report(report: EvalReport) -> str:
@@ -457,7 +499,31 @@ def format_report(report: EvalReport) -> str:
         f"{f.uncertain_problems:6.1%} of problems, {f.uncertain_wrong_rate:.1%} of them wrong",
         f"  heavy revalidation (>=3 reflections or a repeat): {f.revalidation_steps:6.1%} of "
         f"steps, {f.revalidation_problems:6.1%} of problems",
-        "",
-        f"evaluation time: {report.seconds:.0f} s",
     ]
+    lines += _skill_lines(report.skills)
+    lines += ["", f"evaluation time: {report.seconds:.0f} s"]
     return "\n".join(lines)
+
+
+_SKILL_NAMES = {
+    "takeover": "LRM takeover from accepted SRM prefixes",
+    "lrm_wording": "LRM on worded / one-operation questions",
+    "srm_wording": "SRM on worded / one-operation questions",
+    "lrm_tool_calls": "LRM exact tool calls",
+    "srm_tool_calls": "SRM exact tool calls",
+}
+
+
+def _skill_lines(skills: dict[str, dict[str, Any]]) -> list[str]:
+    if not skills:
+        return []
+    lines = ["", "beyond its own canonical traces:"]
+    for key, label in _SKILL_NAMES.items():
+        if key in skills:
+            s = skills[key]
+            low, high = s["interval"]
+            lines.append(
+                f"  {label + ':':<42} {s['value']:6.1%} [{low:.1%}, {high:.1%}] "
+                f"({s['hits']}/{s['n']})"
+            )
+    return lines

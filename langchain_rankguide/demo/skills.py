@@ -1,0 +1,158 @@
+"""What the demo models must do beyond their own canonical traces, measured.
+
+- **Takeover accuracy**: over held-out SRM traces, at every step boundary whose prefix the
+  verifier accepts (and that gave no answer yet), the share of LRM continuations that reach
+  the right answer -- what a router relies on when it hands a step to the LRM.
+- **Wording accuracy**: held-out problems worded as users type them (prose forms, with and
+  without "then" or a closing question) and one-operation questions.
+- **Tool-call accuracy**: held-out tool dialogues, the share of calls whose name and
+  arguments are exactly the expected ones.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_rankguide.bench.stats import wilson_interval
+from langchain_rankguide.demo.forms import all_forms, render_question
+from langchain_rankguide.demo.task import Problem, make_problems, verify_steps
+from langchain_rankguide.demo.tools import make_dialogue
+
+MAX_STEP_TOKENS = 64
+MAX_TRACE_TOKENS = 800
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A measured share with its 95% Wilson interval."""
+
+    hits: int
+    n: int
+
+    @property
+    def value(self) -> float:
+        """The share (``nan`` for no trials)."""
+        return self.hits / self.n if self.n else float("nan")
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The 95% Wilson interval."""
+        return wilson_interval(self.hits, self.n)
+
+    def __str__(self) -> str:
+        low, high = self.interval
+        return f"{self.value:.1%} [{low:.1%}, {high:.1%}] ({self.hits}/{self.n})"
+
+
+def _engine(loaded: Any, role: str) -> Any:
+    from langchain_rankguide.engine import SamplingSettings, StepEngine, StepSettings
+
+    settings = StepSettings(delimiter="\n\n", max_step_tokens=MAX_STEP_TOKENS, end_markers=())
+    return StepEngine(loaded, role=role, settings=settings, sampling=SamplingSettings())
+
+
+def _prompt(loaded: Any, question: str) -> str:
+    messages = [{"role": "user", "content": question}]
+    return str(
+        loaded.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    )
+
+
+def continue_greedy(engine: Any, text: str, budget: int = MAX_TRACE_TOKENS) -> list[str]:
+    """Greedy steps after ``text`` (a rendered prompt, maybe with a prefix) until the end."""
+    engine.reset()
+    engine.start(text)
+    steps: list[str] = []
+    tokens = 0
+    while tokens < budget and len(steps) < 40:
+        draft = engine.draft_step(max_new_tokens=min(MAX_STEP_TOKENS, budget - tokens))
+        engine.commit(draft)
+        steps.append(draft.text)
+        tokens += draft.n_tokens
+        if draft.ends_trace:
+            break
+    return steps
+
+
+def takeover_accuracy(
+    lrm: Any, problems: Sequence[Problem], srm_traces: Sequence[Sequence[str]]
+) -> Rate:
+    """LRM continuations from every accepted, unanswered prefix of the SRM's traces."""
+    engine = _engine(lrm, "lrm")
+    hits = n = 0
+    for problem, steps in zip(problems, srm_traces, strict=True):
+        prompt = _prompt(lrm, problem.question)
+        for cut in range(1, len(steps)):
+            verdict = verify_steps(problem, steps[:cut])
+            if verdict.answer is not None or not verdict.all_steps_correct:
+                break
+            continuation = continue_greedy(engine, prompt + "".join(steps[:cut]))
+            n += 1
+            hits += verify_steps(problem, [*steps[:cut], *continuation]).correct
+    return Rate(hits, n)
+
+
+def worded_problems(n: int, seed: int) -> list[tuple[Problem, str]]:
+    """Held-out problems in non-canonical wordings; a third have one operation."""
+    rng = random.Random(f"rankguide-demo:wordings:{seed}")
+    forms = [f for f in all_forms() if f.joiner != "numbered"]
+    single = make_problems(n // 3, seed=seed, split="heldout", min_ops=1, max_ops=1)
+    several = make_problems(n - len(single), seed=seed, split="heldout", min_ops=2, max_ops=6)
+    problems = [*single, *several]
+    return [(p, render_question(p.start, p.ops, rng.choice(forms))) for p in problems]
+
+
+def wording_accuracy(loaded: Any, role: str, worded: Sequence[tuple[Problem, str]]) -> Rate:
+    """Share of worded questions answered right (greedy, through the step engine)."""
+    engine = _engine(loaded, role)
+    hits = sum(
+        verify_steps(problem, continue_greedy(engine, _prompt(loaded, question))).correct
+        for problem, question in worded
+    )
+    return Rate(hits, len(worded))
+
+
+_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+
+
+def parse_call(text: str) -> dict[str, Any] | None:
+    """The first ``<tool_call>`` of a reply as ``{"name", "arguments"}``, or ``None``."""
+    match = _CALL_RE.search(text)
+    if match is None:
+        return None
+    try:
+        call = json.loads(match.group(1))
+        return {"name": call["name"], "arguments": dict(call["arguments"])}
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def tool_call_accuracy(loaded: Any, n: int, seed: int, max_new_tokens: int = 160) -> Rate:
+    """Share of held-out dialogues whose call has exactly the expected name and arguments."""
+    import torch
+
+    rng = random.Random(f"rankguide-demo:tool-eval:{seed}")
+    tokenizer, model = loaded.tokenizer, loaded.model
+    hits = 0
+    for _ in range(n):
+        dialogue = make_dialogue(rng, with_result=False)
+        prompt = tokenizer.apply_chat_template(
+            dialogue.messages[:1], tools=dialogue.tools, tokenize=False, add_generation_prompt=True
+        )
+        ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)])
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        reply = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        hits += parse_call(reply) == dialogue.call
+    return Rate(hits, n)
