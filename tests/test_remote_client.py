@@ -7,6 +7,7 @@ read from the server's own request log. Retries use a 0.01 s backoff base so the
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import pickle
 import time
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import SecretStr
 from remote_servers import (
@@ -38,8 +40,11 @@ from langchain_rankguide.remote import (
     RetryPolicy,
     SSEDecoder,
     aggregate_stream,
+    chat_request,
+    completions_request,
 )
 from langchain_rankguide.remote.backend import render_plain_prompt
+from langchain_rankguide.remote.retry import Attempts, parse_retry_after, status_failure
 from langchain_rankguide.schemas import StepRecord
 
 KEY = "sk-test-9f8e7d6c5b4a"
@@ -141,7 +146,7 @@ def test_chat_reads_split_reasoning(srv: dict[str, FakeServer], field: str) -> N
     ok = srv["ok"].configure(reasoning_field=field, script="a b</think>Answer: 7")
     with client(ok.url) as c:
         result = c.chat(MESSAGES, max_tokens=32)
-        streamed = aggregate_stream(c.stream_chat(MESSAGES, max_tokens=32))
+        streamed = aggregate_stream(c.stream(chat_request(MESSAGES, max_tokens=32)))
     assert (result.reasoning, result.text) == ("a b", "Answer: 7")
     assert (streamed.reasoning, streamed.text) == ("a b", "Answer: 7")
 
@@ -150,10 +155,10 @@ def test_streaming_matches_non_streaming(srv: dict[str, FakeServer]) -> None:
     ok = srv["ok"]
     with client(ok.url) as c:
         whole = c.completions("", max_tokens=64)
-        chunks = list(c.stream_completions("", max_tokens=64))
-        assert ok.last.body["stream"] is True
+        chunks = list(c.stream(completions_request("", max_tokens=64)))
+        assert ok.last.body["stream"] is True and ok.last.body["model"] == "fake-lrm"
         assert ok.last.body["stream_options"] == {"include_usage": True}
-        chat_chunks = list(c.stream_chat(MESSAGES, max_tokens=64, stop=["\n\n"]))
+        chat_chunks = list(c.stream(chat_request(MESSAGES, max_tokens=64, stop=["\n\n"])))
     assert len(chunks) > 3
     streamed = aggregate_stream(chunks)
     assert streamed.text == whole.text == SCRIPT
@@ -166,9 +171,10 @@ def test_async_variants(srv: dict[str, FakeServer]) -> None:
 
     async def main() -> tuple[str, str, str]:
         async with client(ok.url) as c:
-            first = await c.acompletions("", max_tokens=64, stop=["\n\n"])
-            chat = await c.achat(MESSAGES, max_tokens=64, stop=["\n\n"])
-            text = "".join([chunk.text async for chunk in c.astream_completions("", max_tokens=64)])
+            first = await c.asend(completions_request("", max_tokens=64, stop=["\n\n"]))
+            chat = await c.asend(chat_request(MESSAGES, max_tokens=64, stop=["\n\n"]))
+            chunks = c.astream(completions_request("", max_tokens=64))
+            text = "".join([chunk.text async for chunk in chunks])
             return first.text, chat.text, text
 
     first, chat, streamed = asyncio.run(main())
@@ -182,9 +188,9 @@ def test_async_retries_and_stream_cut(srv: dict[str, FakeServer]) -> None:
 
     async def main() -> tuple[int, LRMStreamCutError]:
         async with client(flaky.url) as c, client(cut.url) as broken:
-            result = await c.achat(MESSAGES, max_tokens=64)
+            result = await c.asend(chat_request(MESSAGES, max_tokens=64))
             try:
-                async for _ in broken.astream_chat(MESSAGES, max_tokens=64):
+                async for _ in broken.astream(chat_request(MESSAGES, max_tokens=64)):
                     pass
             except LRMStreamCutError as exc:
                 return result.attempts, exc
@@ -206,6 +212,33 @@ def test_sse_decoder_and_retry_delays() -> None:
     assert policy.delay(1, retry_after=1e6) == policy.retry_after_max_s
     jittered = RetryPolicy(backoff_base_s=1.0, backoff_max_s=8.0, jitter=0.2)
     assert all(0.8 <= jittered.delay(1) <= 1.2 for _ in range(50))
+
+
+def test_attempts_wait_count_and_give_up() -> None:
+    policy = RetryPolicy(max_attempts=2, backoff_base_s=1.0, jitter=0.0)
+    attempts = Attempts(policy, "http://user:pw@host/v1/completions", KEY)
+    busy = status_failure(503, f"busy, key {KEY}", "7")
+    assert attempts.wait(busy) == 7.0 and attempts.number == 2  # Retry-After beats the 1 s
+    with pytest.raises(LRMUnavailableError) as info:
+        attempts.wait(busy)
+    err = info.value
+    assert (err.attempts, err.status, err.url) == (2, 503, "http://host/v1/completions")
+    assert KEY not in str(err) and "***" in err.reason
+    with pytest.raises(LRMUnavailableError) as denied:
+        Attempts(policy, "http://host/v1", None).wait(status_failure(401, "bad key"))
+    assert (denied.value.attempts, denied.value.retryable) == (1, False)
+    with pytest.raises(LRMStreamCutError) as cut:
+        Attempts(policy, "http://host/v1", None).wait(busy, partial="12 +")
+    assert (cut.value.partial, cut.value.status, cut.value.attempts) == ("12 +", 200, 1)
+    assert status_failure(500, "x", "5").retry_after is None  # counts on 429/503 only
+    assert parse_retry_after("2.5") == 2.5 and parse_retry_after("soon") is None
+    in_30s = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 < (parse_retry_after(in_30s) or 0) <= 30
+
+
+def test_a_request_needs_a_model() -> None:
+    with OpenAICompatibleClient("http://127.0.0.1:9/v1") as c, pytest.raises(ValueError):
+        c.send(completions_request("x", max_tokens=1))
 
 
 # --------------------------------------------------------------------------- faults (client)
@@ -276,7 +309,7 @@ def test_stream_cut_midway_raises_with_partial_text(srv: dict[str, FakeServer], 
     cut = srv["cut"].configure(cut_mode=mode)
     received: list[str] = []
     with client(cut.url) as c, pytest.raises(LRMStreamCutError) as info:
-        for chunk in c.stream_completions("", max_tokens=64):
+        for chunk in c.stream(completions_request("", max_tokens=64)):
             received.append(chunk.text)
     err = info.value
     assert received and err.partial == "".join(received)
@@ -287,8 +320,24 @@ def test_stream_cut_midway_raises_with_partial_text(srv: dict[str, FakeServer], 
 def test_stream_is_retried_before_any_text(srv: dict[str, FakeServer]) -> None:
     flaky = srv["error500"].configure(failures=1)
     with client(flaky.url) as c:
-        text = "".join(chunk.text for chunk in c.stream_completions("", max_tokens=64))
+        text = "".join(chunk.text for chunk in c.stream(completions_request("", max_tokens=64)))
     assert text == SCRIPT and flaky.count == 2
+
+
+def test_stream_error_event_is_retried_before_any_text() -> None:
+    bodies = [
+        b'data: {"error": {"message": "overloaded"}}\n\n',
+        b'data: {"choices": [{"text": "17", "finish_reason": "stop"}]}\n\n',
+    ]
+    sent: list[bytes] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request.content)
+        return httpx.Response(200, content=bodies[len(sent) - 1])
+
+    with client("http://lrm.test/v1", transport=httpx.MockTransport(answer)) as c:
+        chunks = list(c.stream(completions_request("12 + 5 =", max_tokens=4)))
+    assert [chunk.text for chunk in chunks] == ["17"] and len(sent) == 2
 
 
 def test_401_is_not_retried(srv: dict[str, FakeServer]) -> None:

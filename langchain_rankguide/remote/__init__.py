@@ -2,26 +2,31 @@
 
 :class:`OpenAICompatibleClient` talks to vLLM, SGLang, Ollama or a hosted API (sync, async and
 SSE streaming, with retries); :class:`RemoteLRM` uses it to implement
-:class:`~langchain_rankguide.lrm.LRMBackend`. See ``docs/serving.md``.
+:class:`~langchain_rankguide.lrm.LRMBackend`. Requests are built and responses read in
+:mod:`~langchain_rankguide.remote.wire`, retries decided in
+:mod:`~langchain_rankguide.remote.retry`. See ``docs/serving.md``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from langchain_rankguide.remote.client import (
-    CompletionResult,
-    OpenAICompatibleClient,
-    RetryPolicy,
-    SSEDecoder,
-    StreamChunk,
-    aggregate_stream,
-)
+from langchain_rankguide.remote.client import OpenAICompatibleClient
 from langchain_rankguide.remote.errors import (
     LRMFallback,
     LRMStreamCutError,
     LRMUnavailableError,
     RemoteLRMError,
+)
+from langchain_rankguide.remote.retry import RetryPolicy
+from langchain_rankguide.remote.wire import (
+    CompletionResult,
+    Request,
+    SSEDecoder,
+    StreamChunk,
+    aggregate_stream,
+    chat_request,
+    completions_request,
 )
 
 if TYPE_CHECKING:
@@ -35,10 +40,13 @@ __all__ = [
     "OpenAICompatibleClient",
     "RemoteLRM",
     "RemoteLRMError",
+    "Request",
     "RetryPolicy",
     "SSEDecoder",
     "StreamChunk",
     "aggregate_stream",
+    "chat_request",
+    "completions_request",
     "render_plain_prompt",
 ]
 

@@ -6,6 +6,8 @@ any text a server sends back, and URLs lose their ``user:password@`` part.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 from langchain_rankguide.errors import RankGuideError
 
 
@@ -111,3 +113,18 @@ def _rebuild(cls: type[RemoteLRMError], state: dict[str, object]) -> RemoteLRMEr
         message = f"LRM unavailable, the SRM draft is kept ({error.fallback})"
     error.args = (message,)
     return error
+
+
+def safe_url(url: str) -> str:
+    """Drop ``user:password@`` from a URL before it goes into a message."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def redact(text: str, secret: str | None) -> str:
+    """Replace ``secret`` in ``text`` (e.g. a key a hostile server echoes back) with ``***``."""
+    if secret:
+        text = text.replace(secret, "***")
+    return text
