@@ -510,7 +510,7 @@ class _Nodes:
         return {
             "answer": answer,
             "answer_author": answer_step["author"] if answer_step else None,
-            "correct": verify_answer(state.get("question", ""), answer, self.pipeline.task),
+            "correct": verify_answer(state.get("question", ""), answer, self.pipeline.grading_task),
             "stop_reason": state.get("stop_reason") or "answer",
         }
 

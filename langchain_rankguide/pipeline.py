@@ -179,8 +179,10 @@ class RankGuidePipeline:
         return Calibration.load(path)
 
     @cached_property
-    def task(self) -> Task | None:
+    def grading_task(self) -> Task | None:
         """The task that grades answers, named by the configuration (``task``), if any.
+
+        (Not ``task``: the benchmark's pipeline keeps the benchmark task under that name.)
 
         Raises:
             ConfigError: the configured task cannot be imported or is not a task.
