@@ -27,6 +27,7 @@ from langgraph.graph.message import add_messages
 from langgraph.types import Command
 
 from langchain_rankguide.chat_models import ChatRankGuide, ChatSteeredHuggingFace
+from langchain_rankguide.demo import DemoTask
 from langchain_rankguide.demo.task import parse_problem
 from langchain_rankguide.graph import verify_answer
 
@@ -72,6 +73,7 @@ def build_agent_graph(
     rankguide = ChatRankGuide(config=cfg, max_tokens=max_tokens, **model_fields)
     chat_fields = {k: v for k, v in model_fields.items() if k != "model_kwargs"}
     srm = ChatSteeredHuggingFace.from_config(cfg, max_tokens=max_tokens, **chat_fields)
+    checker = DemoTask()  # triage sends only demo questions to solve
 
     def triage(state: AgentState) -> Command[Literal["solve", "chat"]]:
         question = _last_question(state["messages"])
@@ -90,7 +92,7 @@ def build_agent_graph(
     def check(state: AgentState) -> Command[Literal["solve", "__end__"]]:
         reply = state["messages"][-1]
         answer = reply.text if isinstance(reply, AIMessage) else ""
-        verified = verify_answer(state["question"], answer or None)
+        verified = verify_answer(state["question"], answer or None, checker)
         if verified is False and state.get("attempts", 0) <= max_retries:
             return Command(goto="solve", update={"verified": False, "policy": "lrm"})
         return Command(goto=END, update={"verified": verified})

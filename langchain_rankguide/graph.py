@@ -18,7 +18,6 @@ Per-run overrides go in ``config["configurable"]``: ``policy``, ``threshold``, `
 from __future__ import annotations
 
 import operator
-import re
 import time
 import uuid
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypedDict, cast
@@ -41,6 +40,7 @@ from langchain_rankguide.signals.text import is_repeat
 
 if TYPE_CHECKING:
     from langchain_rankguide.config import RankGuideConfig
+    from langchain_rankguide.tasks import Task
 
 NODES = ("start", "srm_step", "guard", "lrm_step", "force_answer", "finish")
 
@@ -112,15 +112,9 @@ def answer_of(text: str, markers: list[str]) -> str:
     return stripped
 
 
-def verify_answer(question: str, answer: str | None) -> bool | None:
-    """Check an answer with the demo task's verifier when it recognises the question."""
-    from langchain_rankguide.demo.task import parse_problem
-
-    problem = parse_problem(question)
-    if problem is None:
-        return None
-    number = re.search(r"-?\d+", answer or "")
-    return number is not None and int(number.group()) == problem.answer
+def verify_answer(question: str, answer: str | None, task: Task | None) -> bool | None:
+    """Grade an answer with the configured task (``None``: no task, or it does not know it)."""
+    return None if task is None else task.judge_answer(question, answer)
 
 
 class _Nodes:
@@ -516,7 +510,7 @@ class _Nodes:
         return {
             "answer": answer,
             "answer_author": answer_step["author"] if answer_step else None,
-            "correct": verify_answer(state.get("question", ""), answer),
+            "correct": verify_answer(state.get("question", ""), answer, self.pipeline.grading_task),
             "stop_reason": state.get("stop_reason") or "answer",
         }
 

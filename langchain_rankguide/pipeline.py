@@ -65,6 +65,7 @@ from langchain_rankguide.signals import (
 
 if TYPE_CHECKING:
     from langchain_rankguide.config import RankGuideConfig
+    from langchain_rankguide.tasks import Task
 
 
 class LRMFailure(RankGuideError):
@@ -176,6 +177,19 @@ class RankGuidePipeline:
             return None
         path = demo_calibration_path() if name == "demo" else Path(name)
         return Calibration.load(path)
+
+    @cached_property
+    def grading_task(self) -> Task | None:
+        """The task that grades answers, named by the configuration (``task``), if any.
+
+        (Not ``task``: the benchmark's pipeline keeps the benchmark task under that name.)
+
+        Raises:
+            ConfigError: the configured task cannot be imported or is not a task.
+        """
+        from langchain_rankguide.tasks import resolve_task
+
+        return resolve_task(self.config.task)
 
     @property
     def step_settings(self) -> StepSettings:

@@ -311,13 +311,6 @@ SIGNALS: dict[str, SignalSpec] = _build_registry()
 """Every signal the package can compute, by stable dotted name."""
 
 
-def check_signal_names(names: list[str] | tuple[str, ...]) -> None:
-    """Raise ``ValueError`` naming any unknown signal in ``names``."""
-    unknown = [n for n in names if n not in SIGNALS]
-    if unknown:
-        raise ValueError(f"unknown signal(s) {unknown}; known: {sorted(SIGNALS)}")
-
-
 # --------------------------------------------------------------------------- calibration file
 
 CALIBRATION_VERSION = 1

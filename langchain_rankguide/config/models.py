@@ -8,6 +8,7 @@ against the config file's directory, handed in through the validation context
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Mapping
@@ -34,6 +35,7 @@ from langchain_rankguide.config._errors import (
 )
 from langchain_rankguide.errors import ConfigError
 from langchain_rankguide.schemas import SIGNALS
+from langchain_rankguide.tasks import TASK_SPEC_RE
 
 CONFIG_VERSION = 1
 """The configuration format version this release reads and writes."""
@@ -43,6 +45,9 @@ DEMO_MODELS = ("demo:srm", "demo:lrm")
 
 DEMO_CALIBRATION = "demo"
 """``routing.calibration`` value naming the calibration file shipped with the package."""
+
+DEMO_TASK = "langchain_rankguide.demo:DemoTask"
+"""``task`` value naming the demo's arithmetic task (grades demo questions, no others)."""
 
 _DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+|mps|auto)$")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
@@ -118,6 +123,17 @@ def _check_signal_names(names: list[str]) -> list[str]:
             fail(f"signal {name!r} is listed twice")
         seen.add(name)
     return names
+
+
+def _check_module_exists(name: str) -> None:
+    # find_spec imports the parent packages only, so a heavy task module is not loaded here;
+    # a wrong attribute is reported when the task is first resolved.
+    try:
+        found = importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        fail(f"no module named {name!r}")
 
 
 def _check_nonempty_strings(values: list[str] | None) -> list[str] | None:
@@ -697,6 +713,15 @@ class RankGuideConfig(_Section):
         default=CONFIG_VERSION,
         description=f"Configuration format version (this release reads {CONFIG_VERSION}).",
     )
+    task: str | None = Field(
+        default=DEMO_TASK,
+        description=(
+            "Task that grades each run's answer (`correct` in results), as `module:attribute` "
+            "naming a `langchain_rankguide.tasks.Task` subclass, instance or factory; questions "
+            "the task does not know stay ungraded. The default grades the demo's arithmetic "
+            "questions; null grades nothing."
+        ),
+    )
     srm: HFModelConfig = Field(
         default_factory=HFModelConfig,
         description="The small reasoning model (SRM): drafts every step; its signals are read.",
@@ -758,6 +783,19 @@ class RankGuideConfig(_Section):
             fail(
                 f"unsupported config version {value} (this release reads version {CONFIG_VERSION})"
             )
+        return value
+
+    @field_validator("task")
+    @classmethod
+    def _check_task(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not TASK_SPEC_RE.match(value):
+            fail(
+                "must be 'module:attribute' (e.g. 'langchain_rankguide.demo:DemoTask'), "
+                f"got {value!r}"
+            )
+        _check_module_exists(value.split(":", 1)[0])
         return value
 
     @field_validator("lrm", mode="before")

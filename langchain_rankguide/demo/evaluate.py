@@ -27,7 +27,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from langchain_rankguide.bench.stats import wilson_interval
 from langchain_rankguide.demo.task import (
     Problem,
     StepLabel,
@@ -36,6 +35,7 @@ from langchain_rankguide.demo.task import (
     revalidation_flags,
     verify_steps,
 )
+from langchain_rankguide.stats import wilson_interval
 
 #: Step-engine limits for evaluation: generous next to the longest reference trace
 #: (about 300 tokens, no step over 35), so only a runaway model hits them.

@@ -2,8 +2,13 @@
 
 * :mod:`~langchain_rankguide.steering.vector`: :class:`SteeringVector` (safetensors + JSON
   metadata, compatibility checks).
-* :mod:`~langchain_rankguide.steering.apply`: :func:`steer` (context manager for plain calls and
-  ``generate``) and :class:`SteeringIntervention` (per-forward hook for the step engine).
+* :mod:`~langchain_rankguide.steering.standalone`: :func:`steer` (context manager for plain
+  calls and ``generate``).
+* :mod:`~langchain_rankguide.steering.intervention`: :class:`SteeringIntervention` (per-forward
+  hook for the step engine).
+* :mod:`~langchain_rankguide.steering.positions`: which positions get the vector (position
+  rules, delimiter token ids); :mod:`~langchain_rankguide.steering.hook`: the adding hook both
+  use. :mod:`~langchain_rankguide.steering.apply` re-exports the public names of all four.
 * :mod:`~langchain_rankguide.steering.extract`: thoughts -> SEAL / rank-filtered vectors and the
   length-matched and random controls.
 
@@ -11,16 +16,6 @@ Sign convention: ``v = mean(execution) - mean(reflection + transition)``; a posi
 the SRM toward execution and away from reflection. See ``docs/steering.md``.
 """
 
-from langchain_rankguide.steering.apply import (
-    POSITION_RULES,
-    PositionRule,
-    PositionSelector,
-    SteeringHandle,
-    SteeringIntervention,
-    delimiter_token_ids,
-    steer,
-    steering_intervention,
-)
 from langchain_rankguide.steering.extract import (
     DEFAULT_RANK_SIGNAL,
     ExtractionResult,
@@ -34,6 +29,15 @@ from langchain_rankguide.steering.extract import (
     random_direction,
     rank_filter_indices,
 )
+from langchain_rankguide.steering.hook import SteeringHandle
+from langchain_rankguide.steering.intervention import SteeringIntervention, steering_intervention
+from langchain_rankguide.steering.positions import (
+    POSITION_RULES,
+    PositionRule,
+    PositionSelector,
+    delimiter_token_ids,
+)
+from langchain_rankguide.steering.standalone import steer
 from langchain_rankguide.steering.vector import (
     METHODS,
     SIGN_CONVENTION,
