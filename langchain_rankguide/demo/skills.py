@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_rankguide.bench.stats import wilson_interval
 from langchain_rankguide.demo.forms import all_forms, render_question
 from langchain_rankguide.demo.task import Problem, make_problems, verify_steps
 from langchain_rankguide.demo.tools import make_dialogue
+from langchain_rankguide.stats import wilson_interval
 
 MAX_STEP_TOKENS = 64
 MAX_TRACE_TOKENS = 800

@@ -1,7 +1,7 @@
 """The one entry point the step engine calls: compute exactly the named signals of one step.
 
-Only what is asked is computed (METHOD.md: "only the signals the router uses are computed on the
-hot path"): asking for ``entropy.first_token`` alone performs no SVD; asking for all eight
+Only what is asked is computed (only the signals the router uses belong on the hot path,
+docs/signals.md): asking for ``entropy.first_token`` alone performs no SVD; asking for all eight
 ``rank.*`` statistics performs one. Inputs the engine did not capture give ``None`` with the reason
 ``"not captured: <field>"``.
 
@@ -74,7 +74,7 @@ TEXT_SIGNALS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class SignalSettings:
-    """How signals are computed (every choice of METHOD.md section 4 that is ours).
+    """How signals are computed (every choice of docs/signals.md that is ours).
 
     Attributes:
         eta: energy fraction of the energy ranks.

@@ -1,4 +1,4 @@
-"""Failure-mode tagging: which of METHOD.md's failure modes a step shows (operational rules ours).
+"""Failure-mode tagging: which failure mode (docs/signals.md) a step shows (our operational rules).
 
 The first rule that fires wins:
 
@@ -51,7 +51,7 @@ class FailureRules:
         overconfidence_entropy: entropy at or below which a flagged step is
             ``"overconfidence"``; ``None`` makes every flagged step that reaches rule 4 one.
         revalidation_streak: consecutive reflection steps that make ``"heavy_revalidation"``
-            (METHOD.md: 3).
+            (docs/signals.md: 3).
         entropy_signal: the entropy signal the thresholds apply to.
 
     Raises:

@@ -1,4 +1,4 @@
-"""Rank statistics of hidden-state matrices and tensors (METHOD.md section 4).
+"""Rank statistics of hidden-state matrices and tensors (docs/signals.md).
 
 Every statistic comes from the singular values ``s_1 >= s_2 >= ... >= 0`` of one SVD, computed in
 float64 whatever the input dtype (MPS tensors are moved to the CPU first: MPS has no float64).

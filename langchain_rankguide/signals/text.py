@@ -5,7 +5,7 @@ its first :attr:`ReflectionRules.prefix_chars` characters, compared case-insensi
 leading/trailing whitespace is stripped (so ``"**Wait**, ..."`` and ``"So, wait: ..."`` count,
 ``"Waiter"`` does not). *Transition* steps are found the same way with
 :attr:`ReflectionRules.transition_cues`; reflection wins when both match. Everything else is
-*execution*. These are the keyword labels of METHOD.md section 6 (SEAL).
+*execution*. These are the keyword labels of docs/steering.md (SEAL).
 
 A step *repeats* when its whitespace-normalised text equals the previous step's (or, with
 ``any_previous``, any earlier step's); an empty step never repeats.
@@ -211,7 +211,7 @@ def is_repeat(text: str, previous: Sequence[str], *, any_previous: bool = False)
         text: the current step's text.
         previous: earlier step texts, oldest first.
         any_previous: compare with every earlier step instead of only the previous one
-            (METHOD.md: "repeats the previous one verbatim" is the default).
+            (docs/signals.md: "repeats the previous one verbatim" is the default).
 
     Returns:
         Whether it is a repeat; an empty (or all-whitespace) step never is.

@@ -50,7 +50,7 @@ from langchain_rankguide.steering.vector import SteeringError, SteeringMethod, S
 
 LABELS: tuple[ThoughtLabel, ...] = ("execution", "reflection", "transition")
 DEFAULT_RANK_SIGNAL = "rank.effective"
-"""Rank of the thought's own token states (METHOD.md section 4, variant A)."""
+"""Rank of the thought's own token states (docs/signals.md, step matrix rank)."""
 
 Keep = Literal["above", "below"]
 
