@@ -485,3 +485,31 @@ def test_built_tokenizer_is_the_shipped_one_in_every_process(tmp_path, tokenizer
         check=True,
     )
     assert other.stdout.strip() == built["pattern"]["Regex"]
+
+
+def test_task_module_re_exports_the_split_modules() -> None:
+    from langchain_rankguide.demo import parsing, problems, task, traces, verify
+
+    for name in task.__all__:
+        homes = [m for m in (problems, traces, parsing, verify) if hasattr(m, name)]
+        assert homes and getattr(task, name) is getattr(homes[0], name), name
+
+
+def test_step_parsers_read_what_the_step_writers_write() -> None:
+    from langchain_rankguide.demo.parsing import (
+        parse_answer_step,
+        parse_check_step,
+        parse_operation_step,
+    )
+
+    op = parse_operation_step(operation_text(2, 33, "multiply", 3, 99).strip())
+    assert op is not None and op.phrase_agrees
+    assert (op.number, op.a, op.sym, op.b, op.result, op.total) == (2, 33, "*", 3, 99, 99)
+    for keyed in (True, False):
+        confirm = parse_check_step(confirm_text(1, 72, "subtract", 39, 33, keyed=keyed).strip())
+        assert confirm is not None and not confirm.caught and confirm.agrees
+        assert confirm.number == (1 if keyed else None) and confirm.value == 33
+        catch = parse_check_step(catch_text(1, 72, "subtract", 39, 33, 34, keyed=keyed).strip())
+        assert catch is not None and catch.caught and (catch.wrong, catch.total) == (34, 33)
+    assert parse_answer_step("Answer: 50") == 50
+    assert parse_operation_step("Answer: 50") is None and parse_check_step("Answer: 50") is None

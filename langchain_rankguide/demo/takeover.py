@@ -19,17 +19,15 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from langchain_rankguide.demo.task import (
-    HARD_OPERATIONS,
-    Problem,
+from langchain_rankguide.demo.problems import HARD_OPERATIONS, Problem, apply_operation
+from langchain_rankguide.demo.traces import (
     TraceStep,
-    _apply,
     answer_text,
     catch_text,
     confirm_text,
     operation_text,
-    verify_steps,
 )
+from langchain_rankguide.demo.verify import verify_steps
 
 #: Operation errors a catching check can repair (the verifier accepts the fix).
 REPAIRABLE = frozenset({"arithmetic", "wrong_operand", "wrong_operation"})
@@ -39,7 +37,7 @@ def _values(problem: Problem) -> list[tuple[int, str, int, int]]:
     """``(total before, operation, operand, result)`` of every operation, computed right."""
     rows, value = [], problem.start
     for name, operand in problem.ops:
-        result = _apply(name, value, operand)
+        result = apply_operation(name, value, operand)
         rows.append((value, name, operand, result))
         value = result
     return rows
