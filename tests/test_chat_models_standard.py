@@ -2,9 +2,9 @@
 
 Unit suites construct the models only (no weights load). Integration suites run against the
 embedded demo models with capped settings so they stay fast, and are skipped while the demo
-models are absent. The demo models are arithmetic models with a character tokenizer: tests that
-need a general assistant (reading a tool argument out of an English question, choosing to call
-a tool unprompted, writing non-ASCII text) are marked ``xfail`` with the reason.
+models are absent. The integration suite of ``ChatSteeredHuggingFace`` runs on the demo LRM, which was trained
+on synthetic tool dialogues (docs/demo.md): it calls a tool the user asks for, copies the
+arguments out of the question (non-ASCII text included) and answers from the tool's result.
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ asyncio_suite = [
 ]
 
 
-SRM_PARAMS: dict[str, Any] = {"model": "demo:srm", "max_tokens": 32, "temperature": 0}
+# The demo LRM: it learned tool calls (the 2-layer SRM learned the format but not the copying).
+# 128 tokens leave room for a call's markup and a non-ASCII argument written as bytes.
+CHAT_PARAMS: dict[str, Any] = {"model": "demo:lrm", "max_tokens": 128, "temperature": 0}
 RANKGUIDE_PARAMS: dict[str, Any] = {
     "temperature": 0,
     "model_kwargs": {
@@ -57,12 +59,6 @@ RANKGUIDE_PARAMS: dict[str, Any] = {
         "steps": {"max_step_tokens": 64, "thinking_budget": 256, "max_steps": 16},
     },
 }
-
-ARITHMETIC_ONLY = (
-    "the demo SRM is a tiny arithmetic model: it cannot read a tool argument out of an English "
-    "question (the call itself is valid: decoding is constrained to the tool's schema)"
-)
-
 
 # The suites pass hosted-API parameters (api_key, max_retries); a local model takes them with a
 # warning naming them, which is expected here.
@@ -111,7 +107,7 @@ class TestChatSteeredHuggingFaceIntegration(_NeedsDemoModels, ChatModelIntegrati
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
-        return dict(SRM_PARAMS)
+        return dict(CHAT_PARAMS)
 
     @property
     def supports_json_mode(self) -> bool:
@@ -119,16 +115,7 @@ class TestChatSteeredHuggingFaceIntegration(_NeedsDemoModels, ChatModelIntegrati
 
     @property
     def model_override_value(self) -> str | None:
-        return "demo:lrm"
-
-    @pytest.mark.xfail(reason=ARITHMETIC_ONLY)
-    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
-    def test_tool_calling(self, model: BaseChatModel) -> None:
-        super().test_tool_calling(model)
-
-    @pytest.mark.xfail(reason=ARITHMETIC_ONLY)
-    async def test_tool_calling_async(self, model: BaseChatModel) -> None:
-        await super().test_tool_calling_async(model)
+        return "demo:srm"
 
     @pytest.mark.xfail(
         reason="a forced call's markup alone exceeds the suite's 32-token cap, so closing mode "
@@ -137,27 +124,6 @@ class TestChatSteeredHuggingFaceIntegration(_NeedsDemoModels, ChatModelIntegrati
     def test_bind_runnables_as_tools(self, model: BaseChatModel) -> None:
         super().test_bind_runnables_as_tools(model)
 
-    @pytest.mark.xfail(
-        reason="with tool_choice=None the model decides; the arithmetic demo SRM never chooses "
-        "to call a tool (forced calls are covered by test_tool_choice)"
-    )
-    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
-    def test_agent_loop(self, model: BaseChatModel) -> None:
-        super().test_agent_loop(model)
-
-    @pytest.mark.xfail(
-        reason="the demo tokenizer is ASCII-only: Chinese and Japanese names cannot be written"
-    )
-    def test_unicode_tool_call_integration(
-        self,
-        model: BaseChatModel,
-        *,
-        tool_choice: str | None = None,
-        force_tool_call: bool = True,
-    ) -> None:
-        super().test_unicode_tool_call_integration(
-            model, tool_choice=tool_choice, force_tool_call=force_tool_call
-        )
 
 
 class TestChatRankGuideIntegration(_NeedsDemoModels, ChatModelIntegrationTests):
