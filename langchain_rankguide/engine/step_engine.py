@@ -632,15 +632,10 @@ class StepEngine:
         run.token_ids.append(token)
         run.logprobs.append(logprob)
         run.entropies.append(token_entropy)
-        fed = False
-        if self.settings.stop_at_eos and token in self._eos:
-            text, stop = "", Stop("eos")
-        else:
-            searched = len(run.detok.text)
-            text = run.detok.add(token)
-            stop = first_stop(run.criteria, StepProgress(run.token_ids, run.detok.text, searched))
-            if stop is None and len(run.token_ids) >= run.cap:
-                stop = Stop("max_tokens")
+        text, fed = "", False
+        stop: Stop | None = Stop("eos")
+        if not (self.settings.stop_at_eos and token in self._eos):
+            text, stop = self._decode_and_check(run, token)
             # A token that carried text past the step's end is never fed.
             fed = stop is None or stop.end is None or stop.end >= len(run.detok.text)
             if fed:
@@ -657,10 +652,19 @@ class StepEngine:
             stop=stop,
         )
 
+    def _decode_and_check(self, run: _StepRun, token: int) -> tuple[str, Stop | None]:
+        searched = len(run.detok.text)
+        text = run.detok.add(token)
+        stop = first_stop(run.criteria, StepProgress(run.token_ids, run.detok.text, searched))
+        if stop is None and len(run.token_ids) >= run.cap:
+            stop = Stop("max_tokens")
+        return text, stop
+
     def _newest_hidden(self) -> dict[int, torch.Tensor]:
         position = len(self.ids) - 1
         rows = {layer: self._rows(layer, position, position + 1) for layer in self.capture.layers}
-        return {layer: row for layer, row in rows.items() if row is not None}
+        # A copy: a view would keep the whole (growing) buffer of recent states alive.
+        return {layer: row.clone() for layer, row in rows.items() if row is not None}
 
     def _draft_of(self, run: _StepRun, index: int, started: float) -> StepDraft:
         stop = run.stop
