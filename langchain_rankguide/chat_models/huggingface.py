@@ -122,7 +122,7 @@ class ChatSteeredHuggingFace(StreamFirstChatModel):
     top_k: int = Field(default=0, ge=0)
     """Keep the k most likely tokens (0 = off)."""
     seed: int = 0
-    """Sampling seed (each token's seed derives from it)."""
+    """Sampling seed (the reply's seed derives from it, as a step's does in the engine)."""
     stop: list[str] | None = None
     """Stop strings, matched on decoded text; the reply ends before the first one."""
     streaming: bool = False

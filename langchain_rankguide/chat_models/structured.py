@@ -19,6 +19,9 @@ Two things are ours:
   decoding switches to closing mode and finishes the value. If the budget is too small even for
   that, closing continues past it (at most :data:`CLOSING_OVERRUN` tokens), since a truncated
   object is of no use.
+
+The grammar reaches the step engine through its two hooks (:func:`grammar_hooks`): a logits
+processor (:class:`GrammarProcessor`) and a stopping criterion (:class:`GrammarComplete`).
 """
 
 from __future__ import annotations
