@@ -14,6 +14,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
+from langchain_rankguide.engine.stopping import partial_marker_length
 from langchain_rankguide.schemas import Usage
 
 T = TypeVar("T")
@@ -57,8 +58,10 @@ def pop_unknown_init_kwargs(cls: type[Any], values: Any, *, owner: str) -> Any:
 class StopMatcher:
     r"""Cut streamed text at the first stop string, matching on decoded text.
 
-    Text that could still become the start of a stop string is held back, so a stop string
-    spread over several tokens (``"\n\nUser:"``) is never partly emitted.
+    Text that could still become the start of a stop string is held back (as the step engine's
+    :class:`~langchain_rankguide.engine.StopStrings` does), so a stop string spread over several
+    tokens (``"\n\nUser:"``) is never partly emitted. For text that does not come from one
+    engine step (``ChatRankGuide``'s answer).
     """
 
     def __init__(self, stops: Sequence[str] | None) -> None:
@@ -81,12 +84,7 @@ class StopMatcher:
             self.hit = best[1]
             self._held = ""
             return buffer[: best[0]]
-        keep = 0
-        for stop in self.stops:
-            for n in range(min(len(stop) - 1, len(buffer)), 0, -1):
-                if buffer.endswith(stop[:n]):
-                    keep = max(keep, n)
-                    break
+        keep = partial_marker_length(buffer, self.stops)
         self._held = buffer[len(buffer) - keep :] if keep else ""
         return buffer[: len(buffer) - keep]
 

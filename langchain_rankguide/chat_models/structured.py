@@ -19,6 +19,9 @@ Two things are ours:
   decoding switches to closing mode and finishes the value. If the budget is too small even for
   that, closing continues past it (at most :data:`CLOSING_OVERRUN` tokens), since a truncated
   object is of no use.
+
+The grammar reaches the step engine through its two hooks (:func:`grammar_hooks`): a logits
+processor (:class:`GrammarProcessor`) and a stopping criterion (:class:`GrammarComplete`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from typing import Any, Literal
 
 import torch
 
+from langchain_rankguide.engine.processors import LogitsProcessor, only_token
+from langchain_rankguide.engine.stopping import StepProgress, Stop, StoppingCriterion
 from langchain_rankguide.errors import RankGuideError
 
 CLOSING_OVERRUN = 256
@@ -262,7 +267,6 @@ class GrammarMatcher:
         self._matcher = llguidance.LLMatcher(vocab.ll, constraint.grammar, log_level=1)
         if self._matcher.is_error():
             raise StructuredOutputError(f"cannot compile the grammar: {self._matcher.get_error()}")
-        self.closing = False
 
     # ------------------------------------------------------------------ state
 
@@ -270,11 +274,6 @@ class GrammarMatcher:
     def done(self) -> bool:
         """The grammar admits nothing more."""
         return bool(self._matcher.is_stopped())
-
-    @property
-    def accepting(self) -> bool:
-        """The text so far is a complete value."""
-        return bool(self._matcher.is_accepting())
 
     def forced(self) -> list[int]:
         """Tokens the grammar forces next (may be empty)."""
@@ -350,3 +349,90 @@ class GrammarMatcher:
                 break
             cost += 1
         return cost
+
+
+# --------------------------------------------------------------------------- step-engine hooks
+
+
+class GrammarProcessor:
+    """The grammar as a logits processor of the step engine.
+
+    Before each token it lets the matcher consume the tokens generated since its last call,
+    then allows only what the grammar does: a forced token alone (so forced text keeps the
+    grammar's own tokenization), the closing choice once the remaining budget is no more than
+    the cost of completing the value, else every token the grammar allows.
+
+    Args:
+        matcher: the grammar's matcher for this generation.
+        budget: the tokens the caller asked for (closing mode aims to finish within it).
+    """
+
+    def __init__(self, matcher: GrammarMatcher, budget: int) -> None:
+        self.matcher = matcher
+        self.budget = budget
+        self.closing = False
+        """Closing mode: every free choice heads for the nearest complete value."""
+        self._start: int | None = None
+        self._consumed = 0
+        self._choices = 0
+        self._cost: int | None = None
+
+    def advance(self, generated: Sequence[int]) -> None:
+        """Let the matcher consume the generated tokens it has not seen yet."""
+        if len(generated) > self._consumed:
+            self.matcher.consume(generated[self._consumed :])
+            self._consumed = len(generated)
+
+    def __call__(self, input_ids: Sequence[int], scores: torch.Tensor) -> torch.Tensor:
+        """Return ``scores`` with every token the grammar forbids (now) at ``-inf``."""
+        if self._start is None:
+            self._start = len(input_ids)
+        self.advance(input_ids[self._start :])
+        forced = self.matcher.forced()
+        if forced:
+            return only_token(scores, forced[0])
+        self._update_closing()
+        self._choices += 1
+        if self.closing:
+            return only_token(scores, self.matcher.closing_choice(scores))
+        return self.matcher.mask(scores)
+
+    def _update_closing(self) -> None:
+        if self.closing:
+            return
+        remaining = self.budget - self._consumed
+        # The simulation costs a mask per simulated token: rerun it only near the end of the
+        # budget, and now and then in case a nested value raised the cost.
+        cost = self._cost
+        if cost is None or remaining <= 2 * cost + 16 or self._choices % 16 == 0:
+            cost = self._cost = self.matcher.closing_cost(remaining + 1)
+        self.closing = cost >= remaining
+
+
+class GrammarComplete(StoppingCriterion):
+    """End generation once the grammar admits nothing more (finish reason ``stop``)."""
+
+    def __init__(self, processor: GrammarProcessor) -> None:
+        self.processor = processor
+
+    def __call__(self, progress: StepProgress) -> Stop | None:
+        """Stop when the newest token completed the value."""
+        self.processor.advance(progress.token_ids)
+        return Stop("stop") if self.processor.matcher.done else None
+
+
+def grammar_hooks(
+    constraint: Constraint, tokenizer: Any, eos_ids: Iterable[int], budget: int
+) -> tuple[list[LogitsProcessor], list[StoppingCriterion]]:
+    """The step engine's hooks for one constrained generation: its processor and criterion.
+
+    Args:
+        constraint: the grammar.
+        tokenizer: the model's tokenizer.
+        eos_ids: ids that end generation.
+        budget: the tokens asked for (closing mode finishes the value within it if it can).
+    """
+    eos = frozenset(int(i) for i in eos_ids)
+    matcher = GrammarMatcher(constraint, grammar_vocab(tokenizer, eos), eos)
+    processor = GrammarProcessor(matcher, budget)
+    return [processor], [GrammarComplete(processor)]

@@ -12,6 +12,7 @@ from langchain_rankguide.engine.loading import (
     load_model,
     resolve_model_source,
 )
+from langchain_rankguide.engine.processors import LogitsProcessor
 from langchain_rankguide.engine.sampling import SamplingSettings, step_seed
 from langchain_rankguide.engine.step_engine import (
     CaptureSettings,
@@ -19,6 +20,13 @@ from langchain_rankguide.engine.step_engine import (
     StepDraft,
     StepEngine,
     StepSettings,
+    StepToken,
+)
+from langchain_rankguide.engine.stopping import (
+    StepProgress,
+    Stop,
+    StoppingCriterion,
+    StopStrings,
 )
 from langchain_rankguide.engine.text import IncrementalDetokenizer, encode_continuation
 
@@ -28,11 +36,17 @@ __all__ = [
     "IncrementalDetokenizer",
     "Intervention",
     "LoadedModel",
+    "LogitsProcessor",
     "ModelRegistry",
     "SamplingSettings",
     "StepDraft",
     "StepEngine",
+    "StepProgress",
     "StepSettings",
+    "StepToken",
+    "Stop",
+    "StopStrings",
+    "StoppingCriterion",
     "capture_residual",
     "encode_continuation",
     "find_decoder_layers",

@@ -6,6 +6,12 @@ model wrote, restoring a checkpoint -- goes through :meth:`StepEngine.sync_ids`:
 longest common prefix of token ids, crop the rest, prefill what is new. The prefix is never
 fed to the model twice, and :attr:`StepEngine.usage` counts every token fed, which proves it.
 
+One step loop, :meth:`StepEngine.stream_tokens`, generates every token (``draft_step`` drains
+it, ``stream_step`` reduces it to text). As in transformers' generation utilities, logits
+processors (``engine/processors.py``) rewrite the scores before a token is chosen, and
+stopping criteria (``engine/stopping.py``) end the step: the delimiter, the end markers and
+per-call stop strings are :class:`~langchain_rankguide.engine.stopping.StopStrings`.
+
 Example:
     >>> srm = load_model("demo:srm")  # doctest: +SKIP
     >>> engine = StepEngine(srm, settings=StepSettings(delimiter="\\n\\n"))  # doctest: +SKIP
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -27,15 +33,20 @@ import torch
 
 from langchain_rankguide.engine.hooks import capture_residual, resolve_layer
 from langchain_rankguide.engine.loading import LoadedModel
+from langchain_rankguide.engine.processors import LogitsProcessor, apply_processors
 from langchain_rankguide.engine.sampling import SamplingSettings, choose_token, step_seed
-from langchain_rankguide.engine.text import (
-    IncrementalDetokenizer,
-    decode,
-    encode_continuation,
-    find_marker,
+from langchain_rankguide.engine.stopping import (
+    StepProgress,
+    Stop,
+    StoppingCriterion,
+    StopStrings,
+    first_stop,
+    held_back,
 )
+from langchain_rankguide.engine.text import IncrementalDetokenizer, decode, encode_continuation
 from langchain_rankguide.errors import EngineError, InputError
 from langchain_rankguide.schemas import FinishReason, Usage
+from langchain_rankguide.signals.distribution import entropy
 
 
 @dataclass(frozen=True)
@@ -158,6 +169,64 @@ class StepDraft:
         return self.finish_reason in ("eos", "end_marker")
 
 
+@dataclass(frozen=True)
+class StepToken:
+    """One token of a step, as :meth:`StepEngine.stream_tokens` yields it.
+
+    Attributes:
+        id: the token id.
+        text: the text it added to the step (empty for EOS, a silent id or an incomplete
+            character), before anything is held back.
+        released: step text that is safe to show now (held-back text included once it is
+            known not to start a stop marker); on the last token, the rest up to the step's end.
+        logprob: its log-probability under the model (before any logits processor).
+        entropy: entropy (nats) of the model's distribution it was chosen from (0-dim).
+        logprobs: that distribution (1-D log-probabilities over the vocabulary).
+        hidden: layer -> its residual-stream state (one row; empty when it was not fed or
+            nothing is captured).
+        stop: set on the step's last token: why and where the step ends.
+    """
+
+    id: int
+    text: str
+    released: str
+    logprob: float
+    entropy: torch.Tensor
+    logprobs: torch.Tensor
+    hidden: dict[int, torch.Tensor]
+    stop: Stop | None
+
+
+@dataclass
+class _StepRun:
+    """The state of one step while it is generated."""
+
+    start_position: int
+    cap: int
+    detok: IncrementalDetokenizer
+    criteria: list[StoppingCriterion]
+    openings: dict[int, torch.Tensor]
+    first_logprobs: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    entropies: list[torch.Tensor] = field(default_factory=list)
+    released: int = 0
+    stop: Stop | None = None
+
+    def release(self, stop: Stop | None) -> str:
+        """The text that became safe to show with the newest token."""
+        text = self.detok.text
+        if stop is None:
+            end = len(text) - held_back(self.criteria, text)
+        else:
+            end = len(text) if stop.end is None else stop.end
+        if end <= self.released:
+            return ""
+        piece = text[self.released : end]
+        self.released = end
+        return piece
+
+
 def _forward_takes_cache_kwarg(model: Any) -> bool:
     # transformers renamed ``past_key_values`` to ``cache``; support both generations.
     return "cache" in inspect.signature(model.forward).parameters
@@ -179,11 +248,6 @@ def _crop_cache(cache: Any, new_length: int) -> None:
     parameter = next(iter(inspect.signature(cache.crop).parameters))
     # Newer transformers take a negative count to remove; older take the length to keep.
     cache.crop(-(current - new_length) if parameter == "tokens_to_remove" else new_length)
-
-
-def _entropy(logprobs: torch.Tensor) -> torch.Tensor:
-    finite = torch.where(torch.isfinite(logprobs), logprobs, torch.zeros_like(logprobs))
-    return -(finite.exp() * finite).sum(dim=-1)
 
 
 class StepEngine:
@@ -406,6 +470,9 @@ class StepEngine:
         step_index: int | None = None,
         stop_at_delimiter: bool = True,
         stop: Sequence[str] = (),
+        logits_processors: Sequence[LogitsProcessor] = (),
+        stopping_criteria: Sequence[StoppingCriterion] = (),
+        silent_ids: Collection[int] = (),
     ) -> StepDraft:
         """Generate one step after the committed text; the cache then holds it until commit/discard.
 
@@ -417,16 +484,23 @@ class StepEngine:
                 runs to EOS or the cap even across blank lines.
             stop: extra stop strings for this call (matched on text; the step ends at the
                 string's end with finish reason ``"stop"``).
+            logits_processors: rewrite the scores before each token is chosen (in order).
+            stopping_criteria: end the step on their own terms, after the delimiter, the end
+                markers and ``stop`` (the earliest end wins).
+            silent_ids: ids whose text is left out of the step text.
         """
-        stream = self.stream_step(
+        tokens = self.stream_tokens(
             max_new_tokens=max_new_tokens,
             step_index=step_index,
             stop_at_delimiter=stop_at_delimiter,
             stop=stop,
+            logits_processors=logits_processors,
+            stopping_criteria=stopping_criteria,
+            silent_ids=silent_ids,
         )
         while True:
             try:
-                next(stream)
+                next(tokens)
             except StopIteration as done:
                 return cast(StepDraft, done.value)
 
@@ -437,97 +511,180 @@ class StepEngine:
         step_index: int | None = None,
         stop_at_delimiter: bool = True,
         stop: Sequence[str] = (),
+        logits_processors: Sequence[LogitsProcessor] = (),
+        stopping_criteria: Sequence[StoppingCriterion] = (),
+        silent_ids: Collection[int] = (),
     ) -> Generator[str, None, StepDraft]:
         """Generate one step, yielding its text as it is released; return the :class:`StepDraft`.
 
-        Text that could be the start of a stop marker is held back until it is known not to
-        be one, so a consumer never sees text past the point where the step ends. Closing
-        the generator early leaves the generated tokens in the cache as an uncommitted draft
-        that cannot be committed; start a new run (or :meth:`sync_ids`) afterwards.
+        Takes :meth:`draft_step`'s arguments. Text that could be the start of a stop marker is
+        held back until it is known not to be one, so a consumer never sees text past the point
+        where the step ends. Closing the generator early leaves the generated tokens in the
+        cache as an uncommitted draft that cannot be committed; start a new run (or
+        :meth:`sync_ids`) afterwards.
 
         Example:
             >>> stream = engine.stream_step(stop_at_delimiter=False)  # doctest: +SKIP
             >>> for piece in stream:  # doctest: +SKIP
             ...     print(piece, end="")
         """
+        tokens = self.stream_tokens(
+            max_new_tokens=max_new_tokens,
+            step_index=step_index,
+            stop_at_delimiter=stop_at_delimiter,
+            stop=stop,
+            logits_processors=logits_processors,
+            stopping_criteria=stopping_criteria,
+            silent_ids=silent_ids,
+        )
+        try:
+            while True:
+                try:
+                    token = next(tokens)
+                except StopIteration as done:
+                    return cast(StepDraft, done.value)
+                if token.released:
+                    yield token.released
+        finally:
+            tokens.close()
+
+    def stream_tokens(
+        self,
+        *,
+        max_new_tokens: int | None = None,
+        step_index: int | None = None,
+        stop_at_delimiter: bool = True,
+        stop: Sequence[str] = (),
+        logits_processors: Sequence[LogitsProcessor] = (),
+        stopping_criteria: Sequence[StoppingCriterion] = (),
+        silent_ids: Collection[int] = (),
+    ) -> Generator[StepToken, None, StepDraft]:
+        """The step loop: yield a :class:`StepToken` per generated token; return the draft.
+
+        Takes :meth:`draft_step`'s arguments; :meth:`draft_step` and :meth:`stream_step` are
+        this loop, drained or reduced to text. Each token is chosen from the processed scores,
+        checked against EOS, the stopping criteria and the cap, then fed to the model -- unless
+        it carried text past the step's end.
+        """
         if self.finished:
             raise EngineError("the trace has ended (EOS or end marker); start a new run")
         started = time.perf_counter()
-        settings = self.settings
-        cap = min(max_new_tokens or settings.max_step_tokens, settings.max_step_tokens)
-        if cap < 1:
-            raise EngineError("max_new_tokens must be >= 1")
         index = self.steps_committed if step_index is None else step_index
         start_position = len(self.ids)
-        openings = self._opening_snapshot(start_position)
-        generator = None
-        if not self.sampling.greedy:
-            generator = torch.Generator(device="cpu").manual_seed(
-                step_seed(self.sampling.seed, index, self.role)
-            )
-        detok = IncrementalDetokenizer(self.tokenizer, context_ids=self.ids)
-        delimiters = (settings.delimiter,) if stop_at_delimiter else ()
-        markers = (*delimiters, *settings.end_markers, *stop)
-        hold_back = max((len(m) for m in markers), default=1) - 1
-        logprobs = self.next_logprobs()
-        first_logprobs = logprobs
-        token_ids: list[int] = []
-        chosen_logprobs: list[float] = []
-        entropies: list[torch.Tensor] = []
-        finish: FinishReason = "max_tokens"
-        cut: int | None = None
-        scanned = 0
-        released = 0
+        run = _StepRun(
+            start_position=start_position,
+            cap=self._step_cap(max_new_tokens),
+            detok=IncrementalDetokenizer(
+                self.tokenizer, context_ids=self.ids, silent_ids=silent_ids
+            ),
+            criteria=[*self._marker_criteria(stop_at_delimiter, stop), *stopping_criteria],
+            openings=self._opening_snapshot(start_position),
+        )
+        generator = self._step_generator(index)
+        logprobs = run.first_logprobs = self.next_logprobs()
         while True:
-            token = choose_token(
-                logprobs.cpu() if generator else logprobs, self.sampling, generator
-            )
-            token_ids.append(token)
-            chosen_logprobs.append(float(logprobs[token]))
-            entropies.append(_entropy(logprobs))
-            if settings.stop_at_eos and token in self._eos:
-                finish = "eos"
+            token = self._next_token(run, logprobs, logits_processors, generator)
+            yield token
+            if token.stop is not None:
                 break
-            detok.add(token)
-            found = find_marker(detok.text, markers, scanned)
-            scanned = len(detok.text)
-            if found is not None:
-                cut, marker = found
-                if marker in delimiters:
-                    finish = "delimiter"
-                elif marker in settings.end_markers:
-                    finish = "end_marker"
-                else:
-                    finish = "stop"
-                if cut < len(detok.text):
-                    break  # the token carried text past the marker: it is never fed
-            if found is not None or len(token_ids) >= cap:
+            assert self._next_logits is not None
+            logprobs = torch.log_softmax(self._next_logits, dim=-1)
+        return self._draft_of(run, index, started)
+
+    def _step_cap(self, max_new_tokens: int | None) -> int:
+        limit = self.settings.max_step_tokens
+        cap = min(max_new_tokens or limit, limit)
+        if cap < 1:
+            raise EngineError("max_new_tokens must be >= 1")
+        return cap
+
+    def _marker_criteria(
+        self, stop_at_delimiter: bool, stop: Sequence[str]
+    ) -> list[StoppingCriterion]:
+        # In this order, so a delimiter and a marker ending at the same character read as the
+        # delimiter, as they always have.
+        criteria: list[StoppingCriterion] = []
+        if stop_at_delimiter:
+            criteria.append(StopStrings((self.settings.delimiter,), "delimiter"))
+        if self.settings.end_markers:
+            criteria.append(StopStrings(self.settings.end_markers, "end_marker"))
+        if stop:
+            criteria.append(StopStrings(stop, "stop"))
+        return criteria
+
+    def _step_generator(self, step_index: int) -> torch.Generator | None:
+        if self.sampling.greedy:
+            return None
+        seed = step_seed(self.sampling.seed, step_index, self.role)
+        return torch.Generator(device="cpu").manual_seed(seed)
+
+    def _next_token(
+        self,
+        run: _StepRun,
+        logprobs: torch.Tensor,
+        processors: Sequence[LogitsProcessor],
+        generator: torch.Generator | None,
+    ) -> StepToken:
+        scores = apply_processors(processors, self.ids, logprobs)
+        token = choose_token(scores.cpu() if generator else scores, self.sampling, generator)
+        logprob = float(logprobs[token])
+        token_entropy = entropy(logprobs)
+        run.token_ids.append(token)
+        run.logprobs.append(logprob)
+        run.entropies.append(token_entropy)
+        text, fed = "", False
+        stop: Stop | None = Stop("eos")
+        if not (self.settings.stop_at_eos and token in self._eos):
+            text, stop = self._decode_and_check(run, token)
+            # A token that carried text past the step's end is never fed.
+            fed = stop is None or stop.end is None or stop.end >= len(run.detok.text)
+            if fed:
                 self._feed([token], count_as="decode_tokens")
-                break
-            logits = self._feed([token], count_as="decode_tokens")
-            logprobs = torch.log_softmax(logits, dim=-1)
-            safe = len(detok.text) - hold_back
-            if safe > released:
-                yield detok.text[released:safe]
-                released = safe
-        text = detok.text if cut is None else detok.text[:cut]
-        if len(text) > released:
-            yield text[released:]
-        carried = "" if cut is None else detok.text[cut:]
+        run.stop = stop
+        return StepToken(
+            id=token,
+            text=text,
+            released=run.release(stop),
+            logprob=logprob,
+            entropy=token_entropy,
+            logprobs=logprobs,
+            hidden=self._newest_hidden() if fed else {},
+            stop=stop,
+        )
+
+    def _decode_and_check(self, run: _StepRun, token: int) -> tuple[str, Stop | None]:
+        searched = len(run.detok.text)
+        text = run.detok.add(token)
+        stop = first_stop(run.criteria, StepProgress(run.token_ids, run.detok.text, searched))
+        if stop is None and len(run.token_ids) >= run.cap:
+            stop = Stop("max_tokens")
+        return text, stop
+
+    def _newest_hidden(self) -> dict[int, torch.Tensor]:
+        position = len(self.ids) - 1
+        rows = {layer: self._rows(layer, position, position + 1) for layer in self.capture.layers}
+        # A copy: a view would keep the whole (growing) buffer of recent states alive.
+        return {layer: row.clone() for layer, row in rows.items() if row is not None}
+
+    def _draft_of(self, run: _StepRun, index: int, started: float) -> StepDraft:
+        stop = run.stop
+        assert stop is not None
+        full = run.detok.text
+        start_position = run.start_position
         fed = len(self.ids) - start_position
         draft = StepDraft(
-            text=text,
-            token_ids=token_ids,
-            finish_reason=finish,
+            text=full if stop.end is None else full[: stop.end],
+            token_ids=run.token_ids,
+            finish_reason=stop.reason,
             start_position=start_position,
             step_index=index,
-            first_token_logprobs=first_logprobs,
-            token_logprobs=torch.tensor(chosen_logprobs),
-            token_entropies=torch.stack(entropies) if entropies else torch.zeros(0),
-            opening_states=openings,
-            carried_text=carried,
-            _kept_ids=token_ids[:fed],
-            _kept_text_len=detok.offsets[fed - 1] if fed else 0,
+            first_token_logprobs=run.first_logprobs,
+            token_logprobs=torch.tensor(run.logprobs),
+            token_entropies=torch.stack(run.entropies) if run.entropies else torch.zeros(0),
+            opening_states=run.openings,
+            carried_text="" if stop.end is None else full[stop.end :],
+            _kept_ids=run.token_ids[:fed],
+            _kept_text_len=run.detok.offsets[fed - 1] if fed else 0,
             _engine_id=id(self),
         )
         end = len(self.ids)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 _REPLACEMENT = "\ufffd"
@@ -21,7 +21,8 @@ class IncrementalDetokenizer:
     Decoding tokens one by one is wrong for tokenizers whose pieces depend on neighbours
     (SentencePiece's leading space, byte-level pieces of one character): each new token is
     decoded together with a few tokens before it, and text is released only once it no longer
-    ends in an incomplete character.
+    ends in an incomplete character. Tokens in ``silent_ids`` release no text (a chat reply
+    leaves out the role markers a model may babble) but still give their neighbours context.
 
     Example:
         >>> detok = IncrementalDetokenizer(tokenizer, context_ids=prompt_ids)  # doctest: +SKIP
@@ -29,8 +30,15 @@ class IncrementalDetokenizer:
         'Hello'
     """
 
-    def __init__(self, tokenizer: Any, context_ids: Sequence[int] = (), context: int = 4) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        context_ids: Sequence[int] = (),
+        context: int = 4,
+        silent_ids: Collection[int] = (),
+    ) -> None:
         self._tokenizer = tokenizer
+        self._silent = silent_ids
         self._ids: list[int] = list(context_ids[-context:]) if context else []
         self._prefix_offset = 0
         self._read_offset = len(self._ids)
@@ -48,6 +56,8 @@ class IncrementalDetokenizer:
             new_text = full_text[len(prefix_text) :]
             self._prefix_offset = self._read_offset
             self._read_offset = len(self._ids)
+        if token_id in self._silent:
+            new_text = ""
         self.text += new_text
         self.offsets.append(len(self.text))
         return new_text

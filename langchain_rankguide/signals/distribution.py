@@ -54,12 +54,27 @@ def _as_vector(x: torch.Tensor, what: str) -> torch.Tensor:
     return x.detach().to(torch.float64)
 
 
-def _entropy(logits: torch.Tensor) -> float:
-    """Entropy of ``softmax(logits)``; ``-inf`` entries are zero-probability outcomes."""
+def entropy(logprobs: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of the distribution(s) over the last dimension of ``logprobs``.
+
+    The one entropy function of the package: the step engine records each token's entropy with
+    it, and the signals below measure with it. ``-inf`` entries are zero-probability outcomes
+    (masked tokens); NaN entries count as zero too (the signals reject them before calling).
+    Computed in the input's dtype and on its device, so the engine's per-token call costs no
+    copy; the result is clamped at 0 against rounding.
+
+    Example:
+        >>> import math, torch
+        >>> round(float(entropy(torch.full((4,), -math.log(4.0)))), 6) == round(math.log(4), 6)
+        True
+    """
+    finite = torch.where(torch.isfinite(logprobs), logprobs, torch.zeros_like(logprobs))
+    return (-(finite.exp() * finite).sum(dim=-1)).clamp_min(0.0)
+
+
+def _renormalised_entropy(logits: torch.Tensor) -> float:
     # Renormalising makes slightly drifted log-probs (or raw logits) a proper distribution.
-    logp = logits - torch.logsumexp(logits, dim=0)
-    terms = torch.where(torch.isfinite(logp), logp.exp() * logp, torch.zeros_like(logp))
-    return max(float(-terms.sum()), 0.0)
+    return float(entropy(logits - torch.logsumexp(logits, dim=0)))
 
 
 def _first_token_reason(lp: torch.Tensor) -> str | None:
@@ -88,7 +103,7 @@ def first_token_entropy(logprobs: torch.Tensor) -> Measured:
     reason = _first_token_reason(lp)
     if reason is not None:
         return Measured(None, reason)
-    return measured_or_none(_entropy(lp), "not computed")
+    return measured_or_none(_renormalised_entropy(lp), "not computed")
 
 
 def top_k_entropy(logprobs: torch.Tensor, k: int = DEFAULT_TOP_K) -> Measured:
@@ -111,7 +126,7 @@ def top_k_entropy(logprobs: torch.Tensor, k: int = DEFAULT_TOP_K) -> Measured:
     if reason is not None:
         return Measured(None, reason)
     top = torch.topk(lp, min(k, lp.numel())).values
-    return measured_or_none(_entropy(top), "not computed")
+    return measured_or_none(_renormalised_entropy(top), "not computed")
 
 
 def first_token_signals(
