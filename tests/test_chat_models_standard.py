@@ -2,9 +2,10 @@
 
 Unit suites construct the models only (no weights load). Integration suites run against the
 embedded demo models with capped settings so they stay fast, and are skipped while the demo
-models are absent. The integration suite of ``ChatSteeredHuggingFace`` runs on the demo LRM, which was trained
-on synthetic tool dialogues (docs/demo.md): it calls a tool the user asks for, copies the
-arguments out of the question (non-ASCII text included) and answers from the tool's result.
+models are absent. The integration suite of ``ChatSteeredHuggingFace`` runs on the demo LRM,
+which was trained on synthetic tool dialogues (docs/demo.md): it calls a tool the user asks
+for, copies the arguments out of the question (non-ASCII text included) and answers from the
+tool's result.
 """
 
 from __future__ import annotations
