@@ -657,13 +657,9 @@ def test_chat_models_refuse_bad_input_with_typed_errors(
         model.invoke([])
 
 
-@pytest.mark.xfail(
-    reason="chat models pass undecodable text to the tokenizer (TypeError, not a typed error)",
-    strict=False,
-)
 @pytest.mark.parametrize("which", ["hf", "rankguide"])
 def test_chat_models_refuse_non_utf8_text_with_a_typed_error(
     chat_models: dict[str, Any], which: str
 ) -> None:
-    with pytest.raises(RankGuideError):
+    with pytest.raises(RankGuideError, match="not valid Unicode"):
         chat_models[which].invoke("go \udcff")

@@ -95,10 +95,11 @@ def content_text(content: str | list[Any], *, what: str = "message") -> str:
     fields); media blocks raise, since a text-only template cannot show them.
 
     Raises:
-        MessageFormatError: for an image, audio, video or file block.
+        MessageFormatError: for an image, audio, video or file block, or text that is not
+            valid Unicode (a lone surrogate such as ``"\\udcff"``, which no tokenizer encodes).
     """
     if isinstance(content, str):
-        return content
+        return _valid_text(content, what)
     parts: list[str] = []
     for block in content:
         if isinstance(block, str):
@@ -114,7 +115,19 @@ def content_text(content: str | list[Any], *, what: str = "message") -> str:
                 f"a {what} holds a {kind!r} block, but this model reads text only; "
                 "send text content"
             )
-    return "".join(parts)
+    return _valid_text("".join(parts), what)
+
+
+def _valid_text(text: str, what: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = text[error.start]
+        raise MessageFormatError(
+            f"a {what} holds U+{ord(bad):04X} at position {error.start}, which is not valid "
+            "Unicode text (a lone surrogate); send well-formed text"
+        ) from None
+    return text
 
 
 def _reasoning_of(message: BaseMessage) -> str | None:
