@@ -53,6 +53,7 @@ from langchain_rankguide.signals.text import is_repeat
 if TYPE_CHECKING:
     from langchain_rankguide.config import RankGuideConfig
 
+
 class RankGuideState(TypedDict, total=False):
     """The graph's state (JSON-native).
 
