@@ -27,6 +27,7 @@ import operator
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict, cast
 
@@ -36,7 +37,6 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import get_runtime
 from langgraph.types import Command
 
-from langchain_rankguide.errors import InputError
 from langchain_rankguide.lrm import LRMUnavailable
 from langchain_rankguide.pipeline import PendingStep, RankGuidePipeline, RunOptions, RunSession
 from langchain_rankguide.routing import BudgetState, RouteDecision, apply_budget
@@ -96,21 +96,18 @@ class RankGuideState(TypedDict, total=False):
 def run_options(config: RunnableConfig | None = None) -> RunOptions:
     """The options of the run being executed: its LangGraph run context.
 
-    Call it from inside a node. A run streamed without a context reads the option keys from
-    ``config["configurable"]`` instead, the channel that preceded run contexts (kept so that
-    existing callers still work); a run with a context never looks there.
-
-    Raises:
-        InputError: the context is neither :class:`RunOptions` nor absent.
+    Call it from inside a node. The context is a :class:`RunOptions`, or a mapping of its
+    fields (a parent graph's dict context, when this graph runs as its subgraph). A run
+    without either -- no context, or a parent graph's context of another type -- reads the
+    option keys from ``config["configurable"]`` instead: the channel that preceded run
+    contexts, kept so that existing callers still work. A run given options as its context
+    never looks there.
     """
     context = get_runtime(RunOptions).context
     if isinstance(context, RunOptions):
         return context
-    if context is not None:
-        raise InputError(
-            f"the run context must be RunOptions (or a dict of its fields), "
-            f"not {type(context).__name__}"
-        )
+    if isinstance(context, Mapping):
+        return RunOptions.from_mapping(context)
     return RunOptions.from_mapping((config or {}).get("configurable"))
 
 

@@ -465,10 +465,10 @@ def build_app_from_config(
     from langchain_rankguide.app import RankGuideApp
 
     limits = limits or ServerLimits()
-    app = RankGuideApp(config)
-    pipeline = app.pipeline
+    rankguide = RankGuideApp(config)
+    pipeline = rankguide.pipeline
     handlers: dict[str, Handler] = {
-        "rankguide": RankGuideHandler(app, max_tokens=limits.max_tokens),
+        "rankguide": RankGuideHandler(rankguide, max_tokens=limits.max_tokens),
         "srm": _LazyPlain(lambda: pipeline.srm, "srm", limits.max_tokens),
     }
     aliases = {pipeline.srm_identity: "srm"}
