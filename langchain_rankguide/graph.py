@@ -1,18 +1,24 @@
 """The RankGuide LangGraph state machine: SRM step -> guard -> (LRM step) -> ... -> finish.
 
 State is JSON-native (step records as dicts), so any checkpointer can store it; engines and
-KV caches live in the pipeline's per-process session registry and are rebuilt from the
-committed step records when a run resumes. Each committed step is emitted on the ``custom``
-stream as a :class:`~langchain_rankguide.schemas.StepEvent` dict.
+KV caches live in the pipeline's per-process session registry, one session per run, rebuilt
+from the committed step records only when a run resumes elsewhere. Each committed step is
+emitted on the ``custom`` stream as a :class:`~langchain_rankguide.schemas.StepEvent` dict.
+
+Per-run options are the graph's LangGraph run context (``context_schema`` is
+:class:`~langchain_rankguide.pipeline.RunOptions`); every node reads them through
+:func:`run_options`. Applications usually run questions through the run stream,
+:class:`~langchain_rankguide.app.RankGuideApp`, which owns a graph and a pipeline; the
+compiled graph is for LangGraph itself (``langgraph dev``, subgraphs, custom streaming).
 
 Example:
     >>> from langchain_rankguide.config import load_config
     >>> graph = build_graph(load_config())  # doctest: +SKIP
-    >>> for mode, event in graph.stream({"question": "..."}, stream_mode=["custom", "values"]):
+    >>> for mode, event in graph.stream(
+    ...     {"question": "..."}, context=RunOptions(policy="entropy"),
+    ...     stream_mode=["custom", "values"],
+    ... ):
     ...     pass  # doctest: +SKIP
-
-Per-run overrides go in ``config["configurable"]``: ``policy``, ``threshold``, ``seed``,
-``steering``, ``steering_vector``, ``steering_scale``.
 """
 
 from __future__ import annotations
@@ -20,39 +26,32 @@ from __future__ import annotations
 import operator
 import time
 import uuid
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypedDict, cast
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, TypedDict, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import get_runtime
 from langgraph.types import Command
 
-from langchain_rankguide.pipeline import (
-    LRMFailure,
-    PendingStep,
-    RankGuidePipeline,
-    RunOptions,
-    RunSession,
-)
+from langchain_rankguide.lrm import LRMUnavailable
+from langchain_rankguide.pipeline import PendingStep, RankGuidePipeline, RunOptions, RunSession
 from langchain_rankguide.routing import BudgetState, RouteDecision, apply_budget
-from langchain_rankguide.schemas import FinishReason, StepEvent, StepRecord, Usage
+from langchain_rankguide.schemas import (
+    FinishReason,
+    StepEvent,
+    StepRecord,
+    Usage,
+    merge_usage,
+    usage_delta,
+)
 from langchain_rankguide.signals.text import is_repeat
 
 if TYPE_CHECKING:
     from langchain_rankguide.config import RankGuideConfig
     from langchain_rankguide.tasks import Task
-
-NODES = ("start", "srm_step", "guard", "lrm_step", "force_answer", "finish")
-
-
-def merge_usage(left: dict[str, Usage] | None, right: dict[str, Usage] | None) -> dict[str, Usage]:
-    """Reducer: add per-model usage deltas."""
-    total: dict[str, Usage] = {k: dict(v) for k, v in (left or {}).items()}  # type: ignore[misc]
-    for model, usage in (right or {}).items():
-        current = total.setdefault(model, {"prefill_tokens": 0, "decode_tokens": 0})
-        current["prefill_tokens"] += usage["prefill_tokens"]
-        current["decode_tokens"] += usage["decode_tokens"]
-    return total
 
 
 class RankGuideState(TypedDict, total=False):
@@ -63,7 +62,8 @@ class RankGuideState(TypedDict, total=False):
         messages: chat messages to answer instead of ``question`` (input; optional).
         run_id: identifies the run's engines; the thread id when a checkpointer is used.
         steps: committed step records (``StepRecord.to_dict()``), appended per step.
-        pending: the SRM draft awaiting the guard, or the escalation awaiting the LRM.
+        pending: the SRM draft awaiting the guard, or the escalation awaiting the LRM
+            (``PendingStep.to_dict()``).
         escalations: steps written by the LRM so far.
         hysteresis_left: steps the hysteresis rule still sends to the LRM.
         generated_tokens: tokens generated for committed steps (the thinking budget).
@@ -93,14 +93,22 @@ class RankGuideState(TypedDict, total=False):
     stop_reason: str | None
 
 
-def _usage_delta(before: dict[str, Usage], after: dict[str, Usage]) -> dict[str, Usage]:
-    return {
-        model: {
-            "prefill_tokens": after[model]["prefill_tokens"] - before[model]["prefill_tokens"],
-            "decode_tokens": after[model]["decode_tokens"] - before[model]["decode_tokens"],
-        }
-        for model in after
-    }
+def run_options(config: RunnableConfig | None = None) -> RunOptions:
+    """The options of the run being executed: its LangGraph run context.
+
+    Call it from inside a node. The context is a :class:`RunOptions`, or a mapping of its
+    fields (a parent graph's dict context, when this graph runs as its subgraph). A run
+    without either -- no context, or a parent graph's context of another type -- reads the
+    option keys from ``config["configurable"]`` instead: the channel that preceded run
+    contexts, kept so that existing callers still work. A run given options as its context
+    never looks there.
+    """
+    context = get_runtime(RunOptions).context
+    if isinstance(context, RunOptions):
+        return context
+    if isinstance(context, Mapping):
+        return RunOptions.from_mapping(context)
+    return RunOptions.from_mapping((config or {}).get("configurable"))
 
 
 def answer_of(text: str, markers: list[str]) -> str:
@@ -117,8 +125,35 @@ def verify_answer(question: str, answer: str | None, task: Task | None) -> bool 
     return None if task is None else task.judge_answer(question, answer)
 
 
+@dataclass
+class _Turn:
+    """What one node call works with.
+
+    The state it was handed, the run's options and session, and the session's usage when the
+    node started (the node's usage update is the difference).
+    """
+
+    state: RankGuideState
+    options: RunOptions
+    session: RunSession
+    usage_before: dict[str, Usage]
+
+    @property
+    def budget(self) -> BudgetState:
+        """The escalation budget counters carried in the state."""
+        return BudgetState(self.state.get("escalations", 0), self.state.get("hysteresis_left", 0))
+
+    def usage_update(self) -> dict[str, Usage]:
+        """Tokens the session processed during this node (the state's usage reducer adds it)."""
+        return usage_delta(self.usage_before, self.session.usage())
+
+
 class _Nodes:
-    """Graph nodes bound to one pipeline."""
+    """Graph nodes bound to one pipeline.
+
+    Every node takes ``(state, config)``; the run's options come from the run context
+    (:func:`run_options`), the run's engines from the pipeline's session registry.
+    """
 
     def __init__(self, pipeline: RankGuidePipeline) -> None:
         self.pipeline = pipeline
@@ -126,39 +161,49 @@ class _Nodes:
 
     # ------------------------------------------------------------------ helpers
 
-    def _session(self, state: RankGuideState, config: RunnableConfig) -> RunSession:
-        options = RunOptions.from_mapping(config.get("configurable"))
-        records = [StepRecord.from_dict(s) for s in state.get("steps", [])]
-        return self.pipeline.session(state["run_id"], state["messages"], records, options)
+    def _turn(self, state: RankGuideState, config: RunnableConfig) -> _Turn:
+        options = run_options(config)
+        session = self.pipeline.session(
+            state["run_id"], state["messages"], state.get("steps", []), options
+        )
+        return _Turn(state, options, session, session.usage())
 
-    def _budget(self, config: RunnableConfig | None) -> int:
-        override = RunOptions.from_mapping((config or {}).get("configurable")).thinking_budget
-        return override or self.config.steps.thinking_budget
+    def _budget(self, options: RunOptions) -> int:
+        return options.thinking_budget or self.config.steps.thinking_budget
 
-    def _max_new(self, state: RankGuideState, config: RunnableConfig) -> int:
-        left = self._budget(config) - state.get("generated_tokens", 0)
+    def _max_new(self, turn: _Turn) -> int:
+        left = self._budget(turn.options) - turn.state.get("generated_tokens", 0)
         return max(1, min(self.config.steps.max_step_tokens, left))
 
-    def _commit(
-        self,
-        state: RankGuideState,
-        session: RunSession,
-        record: StepRecord,
-        usage_before: dict[str, Usage],
-        budget: BudgetState,
-        config: RunnableConfig,
-    ) -> Command[Any]:
-        session.record_committed(record)
-        usage_delta = _usage_delta(usage_before, session.usage())
-        total_usage = merge_usage(state.get("usage"), usage_delta)
-        get_stream_writer()(StepEvent.from_step(state["run_id"], record, total_usage).to_dict())
+    def _apply_budget(
+        self, decision: RouteDecision, budget: BudgetState
+    ) -> tuple[RouteDecision, BudgetState]:
+        routing = self.config.routing
+        return apply_budget(
+            decision,
+            budget,
+            max_escalations=routing.max_escalations,
+            hysteresis=routing.hysteresis,
+        )
+
+    def _emit(self, turn: _Turn, record: StepRecord) -> dict[str, Usage]:
+        """Commit ``record`` to the session and stream its event; return the usage update."""
+        turn.session.record_committed(record)
+        update = turn.usage_update()
+        total = merge_usage(turn.state.get("usage"), update)
+        get_stream_writer()(StepEvent.from_step(turn.state["run_id"], record, total).to_dict())
+        return update
+
+    def _commit(self, turn: _Turn, record: StepRecord, budget: BudgetState) -> Command[Any]:
+        state = turn.state
+        usage = self._emit(turn, record)
         previous = [s["text"] for s in state.get("steps", [])]
         generated = state.get("generated_tokens", 0) + record.tokens
         answer_phase = state.get("answer_phase", False) or record.finish_reason == "end_marker"
         update: dict[str, Any] = {
             "steps": [record.to_dict()],
             "pending": None,
-            "usage": usage_delta,
+            "usage": usage,
             "latency_s": state.get("latency_s", 0.0) + record.latency_s,
             "generated_tokens": generated,
             "escalations": budget.escalations,
@@ -166,7 +211,7 @@ class _Nodes:
             "answer_phase": answer_phase,
         }
         stop = self._stop_reason(
-            record, previous, generated, len(previous) + 1, answer_phase, self._budget(config)
+            record, previous, generated, answer_phase, self._budget(turn.options)
         )
         if stop is not None:
             update["stop_reason"] = stop
@@ -181,7 +226,6 @@ class _Nodes:
         record: StepRecord,
         previous: list[str],
         generated: int,
-        n_steps: int,
         answer_phase: bool,
         budget: int,
     ) -> str | None:
@@ -194,7 +238,7 @@ class _Nodes:
             return "end_marker"
         if generated >= budget:
             return "budget"
-        if n_steps >= steps.max_steps:
+        if len(previous) + 1 >= steps.max_steps:
             return "max_steps"
         if steps.stop_on_repeat and is_repeat(record.text, previous):
             return "repeat"
@@ -203,9 +247,8 @@ class _Nodes:
     # ------------------------------------------------------------------ nodes
 
     def start(self, state: RankGuideState, config: RunnableConfig) -> dict[str, Any]:
-        """Set up a run: its id, messages and counters."""
+        """Set up a run: its id, messages and counters (models load with its session)."""
         configurable = config.get("configurable") or {}
-        self.pipeline.warm_up(RunOptions.from_mapping(configurable))
         run_id = state.get("run_id") or configurable.get("thread_id") or uuid.uuid4().hex
         messages = state.get("messages") or self.pipeline.messages(state.get("question", ""))
         question = state.get("question") or next(
@@ -226,12 +269,11 @@ class _Nodes:
 
     def srm_step(self, state: RankGuideState, config: RunnableConfig) -> Command[Any]:
         """Let a pre-step policy decide, else draft the next step on the SRM."""
-        session = self._session(state, config)
-        before = session.usage()
+        turn = self._turn(state, config)
         index = len(state.get("steps", []))
         answer_phase = state.get("answer_phase", False)
         started = time.perf_counter()
-        decision = session.probe(index)
+        decision = turn.session.probe(index)
         if decision is not None and decision.escalate:
             pending = PendingStep(
                 index=index,
@@ -244,26 +286,19 @@ class _Nodes:
                 latency_s=time.perf_counter() - started,
                 is_answer=False,
                 answer_phase=answer_phase,
-                pre_decision=decision.__dict__,
+                pre_decision=decision,
             )
-            return Command(
-                goto="lrm_step",
-                update={
-                    "pending": pending.to_dict(),
-                    "usage": _usage_delta(before, session.usage()),
-                },
-            )
-        pending = session.draft(index, self._max_new(state, config), answer_phase=answer_phase)
+            update = {"pending": pending.to_dict(), "usage": turn.usage_update()}
+            return Command(goto="lrm_step", update=update)
+        pending = turn.session.draft(index, self._max_new(turn), answer_phase=answer_phase)
         pending.latency_s = time.perf_counter() - started
         return Command(
-            goto="guard",
-            update={"pending": pending.to_dict(), "usage": _usage_delta(before, session.usage())},
+            goto="guard", update={"pending": pending.to_dict(), "usage": turn.usage_update()}
         )
 
     def guard(self, state: RankGuideState, config: RunnableConfig) -> Command[Any]:
         """Decide on the SRM draft: commit it, or hand the step to the LRM."""
-        session = self._session(state, config)
-        before = session.usage()
+        turn = self._turn(state, config)
         pending = PendingStep.from_dict(state["pending"] or {})
         started = time.perf_counter()
         forced = None
@@ -273,159 +308,107 @@ class _Nodes:
             escalate = forced == "lrm"
             decision = RouteDecision(escalate, None, None, f"final answer by {forced}")
             budget = BudgetState(
-                state.get("escalations", 0) + int(escalate), state.get("hysteresis_left", 0)
+                turn.budget.escalations + int(escalate), turn.budget.hysteresis_left
             )
         else:
-            decision, budget = apply_budget(
-                session.decide(pending),
-                BudgetState(state.get("escalations", 0), state.get("hysteresis_left", 0)),
-                max_escalations=self.config.routing.max_escalations,
-                hysteresis=self.config.routing.hysteresis,
-            )
+            decision, budget = self._apply_budget(turn.session.decide(pending), turn.budget)
         pending.latency_s += time.perf_counter() - started
         if decision.escalate:
-            session.reject()
-            pending.pre_decision = {**decision.__dict__, "forced": forced is not None}
+            turn.session.reject()
+            pending.pre_decision, pending.forced = decision, forced is not None
             return Command(
                 goto="lrm_step",
                 update={
                     "pending": pending.to_dict(),
                     "escalations": budget.escalations,
                     "hysteresis_left": budget.hysteresis_left,
-                    "usage": _usage_delta(before, session.usage()),
+                    "usage": turn.usage_update(),
                 },
             )
-        return self._commit_srm(
-            state, session, pending, decision, budget, before, config, forced=forced is not None
-        )
+        return self._commit_srm(turn, pending, decision, budget, forced=forced is not None)
 
     def lrm_step(self, state: RankGuideState, config: RunnableConfig) -> Command[Any]:
         """The LRM writes the step (pre-step escalation, or a rejected SRM draft)."""
-        session = self._session(state, config)
-        before = session.usage()
+        turn = self._turn(state, config)
         pending = PendingStep.from_dict(state["pending"] or {})
-        decision = dict(pending.pre_decision or {})
-        from_probe = not pending.text and pending.tokens == 0
-        budget = BudgetState(state.get("escalations", 0), state.get("hysteresis_left", 0))
-        if from_probe:
+        decision = pending.pre_decision or RouteDecision(True)
+        budget = turn.budget
+        if not pending.drafted:
             # Escalated before drafting: the probe's decision still passes the budget rules.
-            routed, budget = apply_budget(
-                RouteDecision(
-                    True,
-                    decision.get("score"),
-                    decision.get("failure_mode"),
-                    decision.get("reason", ""),
-                ),
+            routed, budget = self._apply_budget(
+                RouteDecision(True, decision.score, decision.failure_mode, decision.reason),
                 budget,
-                max_escalations=self.config.routing.max_escalations,
-                hysteresis=self.config.routing.hysteresis,
             )
             if not routed.escalate:
-                return self._srm_anyway(state, session, pending, routed, budget, before, config)
-        try:
-            written = session.lrm_write(
-                self._max_new(state, config), answer_phase=pending.answer_phase
-            )
-        except LRMFailure:
-            raise
-        except Exception as exc:
-            fallback = getattr(exc, "fallback", None)
-            if not fallback:
-                raise
-            return self._fallback(state, session, pending, budget, before, config, str(fallback))
-        text = written.text
+                return self._srm_anyway(turn, pending, routed, budget)
+        written = turn.session.lrm_write(self._max_new(turn), answer_phase=pending.answer_phase)
+        if isinstance(written, LRMUnavailable):
+            return self._fallback(turn, pending, budget, written.reason)
+        router = turn.session.router.name
         record = StepRecord(
             index=pending.index,
             author="lrm",
-            text=text,
+            text=written.text,
             tokens=written.tokens,
             token_ids={"lrm": written.token_ids} if written.token_ids else {},
             signals=pending.signals,
             signal_notes=pending.signal_notes,
-            decision="forced"
-            if decision.get("forced") or session.router.name == "lrm"
-            else "escalate",
+            decision="forced" if pending.forced or router == "lrm" else "escalate",
             escalated=True,
-            score=decision.get("score"),
-            router=session.router.name,
-            failure_mode=decision.get("failure_mode"),
-            reason=str(decision.get("reason", "")),
+            score=decision.score,
+            router=router,
+            failure_mode=decision.failure_mode,
+            reason=decision.reason,
             draft_text=pending.text or None,
             latency_s=pending.latency_s + written.latency_s,
             draft_latency_s=pending.latency_s if pending.text else 0.0,
             finish_reason=written.finish_reason,
-            is_answer=pending.answer_phase or session.is_answer_text(text),
+            is_answer=pending.answer_phase or turn.session.is_answer_text(written.text),
         )
-        return self._commit(state, session, record, before, budget, config)
+        return self._commit(turn, record, budget)
 
     def _srm_anyway(
         self,
-        state: RankGuideState,
-        session: RunSession,
+        turn: _Turn,
         pending: PendingStep,
         decision: RouteDecision,
         budget: BudgetState,
-        before: dict[str, Usage],
-        config: RunnableConfig,
         fallback: str | None = None,
     ) -> Command[Any]:
-        draft = session.draft(
-            pending.index, self._max_new(state, config), answer_phase=pending.answer_phase
+        draft = turn.session.draft(
+            pending.index, self._max_new(turn), answer_phase=pending.answer_phase
         )
         draft.latency_s += pending.latency_s
-        return self._commit_srm(
-            state, session, draft, decision, budget, before, config, forced=True, fallback=fallback
-        )
+        return self._commit_srm(turn, draft, decision, budget, forced=True, fallback=fallback)
 
     def _fallback(
-        self,
-        state: RankGuideState,
-        session: RunSession,
-        pending: PendingStep,
-        budget: BudgetState,
-        before: dict[str, Usage],
-        config: RunnableConfig,
-        why: str,
+        self, turn: _Turn, pending: PendingStep, budget: BudgetState, why: str
     ) -> Command[Any]:
-        """The LRM failed under ``fallback_srm``: keep (or make) the SRM's draft, marked.
+        """The LRM is unavailable under ``fallback_srm``: keep (or make) the SRM's draft, marked.
 
-        ``why`` is the signal's ``fallback`` text (``"lrm_unavailable: <status> from <url>: ..."``).
+        ``why`` is the fallback text (``"lrm_unavailable: <status> from <url>: ..."``).
         """
         detail = why.removeprefix("lrm_unavailable: ")
         mark = f"lrm_unavailable: {detail}"
         decision = RouteDecision(False, None, None, f"LRM unavailable: {detail}")
         if not pending.text:
-            return self._srm_anyway(
-                state,
-                session,
-                pending,
-                decision,
-                budget,
-                before,
-                config,
-                fallback=mark,
-            )
-        session.reject()  # the draft was discarded already; it is restored from its ids
-        return self._commit_srm(
-            state, session, pending, decision, budget, before, config, forced=True, fallback=mark
-        )
+            return self._srm_anyway(turn, pending, decision, budget, fallback=mark)
+        turn.session.reject()  # the draft was discarded already; it is restored from its ids
+        return self._commit_srm(turn, pending, decision, budget, forced=True, fallback=mark)
 
     def _commit_srm(
         self,
-        state: RankGuideState,
-        session: RunSession,
+        turn: _Turn,
         pending: PendingStep,
         decision: RouteDecision,
         budget: BudgetState,
-        before: dict[str, Usage],
-        config: RunnableConfig,
         *,
         forced: bool = False,
         fallback: str | None = None,
     ) -> Command[Any]:
         """Commit an SRM draft as the step (accepted, forced by a rule, or kept as a fallback)."""
         started = time.perf_counter()
-        ids = session.accept(pending)
+        ids = turn.session.accept(pending)
         record = StepRecord(
             index=pending.index,
             author="srm",
@@ -436,7 +419,7 @@ class _Nodes:
             signal_notes=pending.signal_notes,
             decision="forced" if forced else "accept",
             score=decision.score,
-            router=session.router.name,
+            router=turn.session.router.name,
             failure_mode=decision.failure_mode,
             reason=decision.reason,
             latency_s=pending.latency_s + time.perf_counter() - started,
@@ -444,7 +427,7 @@ class _Nodes:
             is_answer=pending.is_answer,
             fallback=fallback,
         )
-        return self._commit(state, session, record, before, budget, config)
+        return self._commit(turn, record, budget)
 
     def force_answer(self, state: RankGuideState, config: RunnableConfig) -> Command[Any]:
         """The run stopped without an answer: write the answer marker and let the model finish.
@@ -452,8 +435,8 @@ class _Nodes:
         The answer's author is the LRM under the ``lrm`` policy or ``final_answer_by: lrm``,
         else the SRM; the step is recorded as forced, with the reason.
         """
-        session = self._session(state, config)
-        before = session.usage()
+        turn = self._turn(state, config)
+        session = turn.session
         started = time.perf_counter()
         markers = self.config.steps.answer_markers
         marker = f"{markers[0]} " if markers else ""
@@ -464,6 +447,8 @@ class _Nodes:
         if by_lrm:
             session.lrm.observe(marker)
             written = session.lrm_write(cap, answer_phase=True)
+            if isinstance(written, LRMUnavailable):
+                raise written.error  # the answer is the LRM's by rule: no SRM stand-in here
             text, tokens, finish = marker + written.text, written.tokens, written.finish_reason
         else:
             prefix_ids = session.srm_engine.append_text(marker) if marker else []
@@ -486,15 +471,12 @@ class _Nodes:
             finish_reason=finish,
             is_answer=True,
         )
-        session.record_committed(record)
-        usage_delta = _usage_delta(before, session.usage())
-        total_usage = merge_usage(state.get("usage"), usage_delta)
-        get_stream_writer()(StepEvent.from_step(state["run_id"], record, total_usage).to_dict())
+        usage = self._emit(turn, record)  # first: committing an LRM step adds its SRM ids
         return Command(
             goto="finish",
             update={
                 "steps": [record.to_dict()],
-                "usage": usage_delta,
+                "usage": usage,
                 "latency_s": state.get("latency_s", 0.0) + record.latency_s,
                 "generated_tokens": state.get("generated_tokens", 0) + tokens,
             },
@@ -528,11 +510,12 @@ def build_graph(
             resumable runs; ``None`` compiles without one (as ``langgraph dev`` needs).
 
     Returns:
-        The compiled graph; input ``{"question": str}`` or ``{"messages": [...]}``.
+        The compiled graph; input ``{"question": str}`` or ``{"messages": [...]}``, run
+        context :class:`~langchain_rankguide.pipeline.RunOptions`.
     """
     pipeline = config if isinstance(config, RankGuidePipeline) else RankGuidePipeline(config)
     nodes = _Nodes(pipeline)
-    builder = StateGraph(RankGuideState)
+    builder = StateGraph(RankGuideState, context_schema=RunOptions)
     builder.add_node("start", nodes.start)
     builder.add_node("srm_step", nodes.srm_step, destinations=("guard", "lrm_step"))
     builder.add_node(
@@ -546,9 +529,4 @@ def build_graph(
     builder.add_edge(START, "start")
     builder.add_edge("start", "srm_step")
     builder.add_edge("finish", END)
-    graph = builder.compile(checkpointer=checkpointer, name="rankguide")
-    graph.pipeline = pipeline  # type: ignore[attr-defined]
-    return graph
-
-
-StopReason = Literal["answer", "eos", "end_marker", "budget", "max_steps", "repeat"]
+    return builder.compile(checkpointer=checkpointer, name="rankguide")

@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 from langchain_rankguide.engine import LoadedModel, StepEngine, StepSettings
 from langchain_rankguide.engine.sampling import SamplingSettings
 from langchain_rankguide.engine.text import encode_continuation
+from langchain_rankguide.errors import RankGuideError
 from langchain_rankguide.schemas import FinishReason, StepRecord, Usage
 
 JUDGE_PROMPT = "\n\nRate the last step from 0 (wrong) to 9 (certainly right). Score: "
@@ -41,6 +42,37 @@ class WrittenStep:
     latency_s: float
 
 
+@dataclass(frozen=True)
+class LRMUnavailable:
+    """The LRM could not write a step, and its failure policy lets the SRM write it instead.
+
+    What :meth:`RunSession.lrm_write <langchain_rankguide.pipeline.RunSession.lrm_write>`
+    returns in place of a :class:`WrittenStep` when the backend signalled a fallback.
+
+    Attributes:
+        reason: the text for the step record's ``fallback`` field
+            (``"lrm_unavailable: HTTP 503 from <url>: ..."``).
+        error: the backend's signal, raised again where the SRM cannot stand in.
+    """
+
+    reason: str
+    error: Exception
+
+
+def fallback_reason(error: BaseException) -> str | None:
+    """The fallback text of a backend's "let the SRM write" signal; ``None`` for a failure.
+
+    A backend whose failure policy allows a fallback raises a
+    :class:`~langchain_rankguide.errors.RankGuideError` carrying a non-empty ``fallback`` text
+    (the remote backend's :class:`~langchain_rankguide.remote.errors.LRMFallback`); any other
+    error is a failure of the run.
+    """
+    if not isinstance(error, RankGuideError):
+        return None
+    fallback = getattr(error, "fallback", None)
+    return str(fallback) if fallback else None
+
+
 @runtime_checkable
 class LRMBackend(Protocol):
     """What the collaboration needs from an LRM, local or remote."""
@@ -63,11 +95,18 @@ class LRMBackend(Protocol):
         ...
 
     def write_step(self, *, max_new_tokens: int, answer_phase: bool = False) -> WrittenStep:
-        """Write the next step after the committed trace and commit it to the LRM's context."""
+        """Write the next step after the committed trace and commit it to the LRM's context.
+
+        A backend that may fall back to the SRM raises an error with a ``fallback`` text
+        (see :func:`fallback_reason`) and leaves its context unchanged.
+        """
         ...
 
     def judge(self, step_text: str) -> int | None:
-        """Score ``step_text`` (not committed) 0-9 with one token; ``None`` if unreadable."""
+        """Score ``step_text`` (not committed) 0-9 with one token; ``None`` if unreadable.
+
+        Under a fallback policy an unavailable LRM raises as :meth:`write_step` does.
+        """
         ...
 
     def close(self) -> None:

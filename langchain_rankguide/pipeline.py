@@ -2,10 +2,10 @@
 
 :class:`RankGuidePipeline` turns a configuration into models (loaded once through the shared
 registry), a router and prompts. :class:`RunSession` holds one run's engines and implements
-each stage on JSON-native inputs and outputs, so the LangGraph nodes, the chat models, the CLI
-and the benchmarks all run steps through this one code path. Sessions live outside graph
-state (tensors and caches are not checkpointed) and are rebuilt from the committed step
-records when a run resumes in a new process.
+each stage, so the LangGraph nodes (:mod:`langchain_rankguide.graph`) run every step through
+this one code path. Sessions live outside graph state (tensors and caches are not
+checkpointed), one per run in a per-process registry, and are rebuilt from the committed step
+records only when a run resumes in a new process (or its state was rewound).
 
 Example:
     >>> from langchain_rankguide.config import load_config
@@ -24,7 +24,7 @@ import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +41,14 @@ from langchain_rankguide.engine import (
 )
 from langchain_rankguide.engine.text import encode_continuation
 from langchain_rankguide.errors import InputError, RankGuideError
-from langchain_rankguide.lrm import LocalLRM, LRMBackend, WrittenStep, render_prompt
+from langchain_rankguide.lrm import (
+    LocalLRM,
+    LRMBackend,
+    LRMUnavailable,
+    WrittenStep,
+    fallback_reason,
+    render_prompt,
+)
 from langchain_rankguide.routing import (
     RouteDecision,
     Router,
@@ -68,10 +75,6 @@ if TYPE_CHECKING:
     from langchain_rankguide.tasks import Task
 
 
-class LRMFailure(RankGuideError):
-    """The LRM could not write a step and the failure policy is ``fail``."""
-
-
 def check_question(question: Any) -> str:
     """Return ``question`` if it can be asked; raise :class:`InputError` naming the problem."""
     if not isinstance(question, str):
@@ -95,7 +98,14 @@ def demo_calibration_path() -> Path:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Per-run overrides (LangGraph ``configurable`` keys of the same names)."""
+    """Per-run overrides of the configuration: the graph's LangGraph run context.
+
+    Pass them as ``context=RunOptions(...)`` (or a dict of these keys) when streaming the
+    graph, or to :meth:`RankGuideApp.stream <langchain_rankguide.app.RankGuideApp.stream>`.
+    ``None`` keeps the configuration's value. Callers that still put these keys in
+    ``config["configurable"]`` are served when they pass no context (see
+    :func:`langchain_rankguide.graph.run_options`).
+    """
 
     policy: str | None = None
     threshold: float | None = None
@@ -113,7 +123,7 @@ class RunOptions:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> RunOptions:
-        """Pick the known keys from a LangGraph ``configurable`` mapping."""
+        """Pick the known keys (unset or ``None`` ones skipped) from a mapping."""
         data = data or {}
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if data.get(k) is not None})
 
@@ -299,7 +309,10 @@ class RankGuidePipeline:
             )
 
     def warm_up(self, options: RunOptions) -> None:
-        """Load the models a run will use, so loading time never counts as step latency."""
+        """Load the models a run will use, so loading time never counts as step latency.
+
+        Loading goes through the registry, so a model already loaded costs one lookup.
+        """
         policy = options.policy or self.config.routing.policy
         if policy != "lrm":
             _ = self.srm
@@ -312,25 +325,38 @@ class RankGuidePipeline:
         self,
         run_id: str,
         messages: list[dict[str, Any]],
-        committed: Sequence[StepRecord],
+        steps: Sequence[Mapping[str, Any]],
         options: RunOptions,
     ) -> RunSession:
-        """Return the live session of a run, creating or rebuilding it if needed.
+        """Return the live session of a run, creating or rebuilding it only if needed.
 
-        A session whose committed-step count differs from ``committed`` (a resume in another
-        process, or state rewound through a checkpoint) is rebuilt from the records.
+        Args:
+            run_id: the run (its LangGraph thread).
+            messages: the run's chat messages.
+            steps: the committed step records as the graph state holds them.
+            options: the run's options.
+
+        A session that holds ``steps`` (:meth:`RunSession.matches`, O(1)) is returned as it
+        is. Otherwise -- a new run, a resume in another process, state rewound through a
+        checkpoint -- the run's models are loaded (so loading never counts as step latency)
+        and a session is rebuilt from the records.
         """
         with self._lock:
             session = self._sessions.get(run_id)
-            if session is not None and session.matches(committed, options):
-                return session
-            if session is not None:
-                session.close()
-            self.check_options(options)
-            session = RunSession(self, messages, options)
-            session.restore(committed)
-            self._sessions[run_id] = session
+        if session is not None and session.matches(steps, options):
             return session
+        # A run's nodes run one at a time, so nothing else builds this run's session meanwhile;
+        # other runs keep their sessions while this one loads models.
+        self.check_options(options)
+        fresh = RunSession(self, messages, options)
+        self.warm_up(options)
+        fresh.restore([StepRecord.from_dict(dict(s)) for s in steps])
+        with self._lock:
+            stale = self._sessions.get(run_id)
+            self._sessions[run_id] = fresh
+        if stale is not None:
+            stale.close()
+        return fresh
 
     def end_session(self, run_id: str) -> None:
         """Evict a finished run's caches."""
@@ -340,19 +366,24 @@ class RankGuidePipeline:
             session.close()
 
     def solve(self, question: str, **options: Any) -> dict[str, Any]:
-        """Run the collaboration on one question without a graph; return the final state."""
-        from langchain_rankguide.graph import build_graph
+        """Run the collaboration on one question; return the final graph state.
 
-        graph = build_graph(self)
-        return dict(graph.invoke({"question": question}, {"configurable": options}))
+        ``options`` are :class:`RunOptions` fields. The run goes through the run stream
+        (:class:`~langchain_rankguide.app.RankGuideApp`).
+        """
+        from langchain_rankguide.app import RankGuideApp
+
+        return RankGuideApp(self).invoke(question, RunOptions(**options)).state
 
 
 @dataclass
 class PendingStep:
-    """An SRM draft awaiting the guard (JSON-native, stored in graph state).
+    """An SRM draft awaiting the guard, or a step handed to the LRM.
 
-    ``srm_ids`` are the ids the SRM cache holds if the draft is accepted, so a run resumed
-    between draft and guard restores it exactly.
+    The graph state holds it as :meth:`to_dict` (JSON-native, for checkpointers). ``srm_ids``
+    are the ids the SRM cache holds if the draft is accepted, so a run resumed between draft
+    and guard restores it exactly. ``pre_decision`` is the decision that sent the step to the
+    LRM (``forced``: a rule, not the router, made it); ``None`` while the guard has not decided.
     """
 
     index: int
@@ -365,16 +396,29 @@ class PendingStep:
     latency_s: float
     is_answer: bool
     answer_phase: bool = False
-    pre_decision: dict[str, Any] | None = None
+    pre_decision: RouteDecision | None = None
+    forced: bool = False
+
+    @property
+    def drafted(self) -> bool:
+        """``False`` when a pre-step policy escalated before the SRM drafted anything."""
+        return bool(self.text) or self.tokens > 0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-native form."""
-        return dict(self.__dict__)
+        """JSON-native form (``pre_decision`` as a dict that also holds ``forced``)."""
+        data = {k: v for k, v in self.__dict__.items() if k != "forced"}
+        if self.pre_decision is not None:
+            data["pre_decision"] = {**asdict(self.pre_decision), "forced": self.forced}
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PendingStep:
         """Inverse of :meth:`to_dict`."""
-        return cls(**dict(data))
+        values = dict(data)
+        decision = dict(values.pop("pre_decision", None) or {})
+        forced = bool(decision.pop("forced", False))
+        pre_decision = RouteDecision(**decision) if decision else None
+        return cls(**values, pre_decision=pre_decision, forced=forced)
 
 
 @dataclass
@@ -490,13 +534,19 @@ class RunSession:
         self._committed_records = list(committed)
         self.committed_count = len(committed)
 
-    def matches(self, committed: Sequence[StepRecord], options: RunOptions) -> bool:
-        """``True`` if this session holds exactly ``committed`` under the same options."""
-        return (
-            options == self.options
-            and self.committed_count == len(committed)
-            and [r.text for r in self._committed_records] == [r.text for r in committed]
-        )
+    def matches(self, steps: Sequence[Mapping[str, Any]], options: RunOptions) -> bool:
+        """``True`` if this session is at the end of ``steps`` (state records) under ``options``.
+
+        O(1): the step count and the last step's author and text. A session follows its run
+        step by step, so these differ whenever the state is not the one it followed (a resume
+        elsewhere, a rewind).
+        """
+        if options != self.options or self.committed_count != len(steps):
+            return False
+        if not steps:
+            return True
+        last = self._committed_records[-1]
+        return last.text == steps[-1]["text"] and last.author == steps[-1]["author"]
 
     def close(self) -> None:
         """Release caches and connections."""
@@ -584,7 +634,7 @@ class RunSession:
         try:
             return self.lrm.judge(text)
         except RankGuideError as exc:
-            if getattr(exc, "fallback", None):
+            if fallback_reason(exc) is not None:
                 return None
             raise
 
@@ -623,9 +673,20 @@ class RunSession:
             self._srm.discard(self._live_draft)
         self._live_draft = None
 
-    def lrm_write(self, max_new_tokens: int, *, answer_phase: bool) -> WrittenStep:
-        """Have the LRM write the next step; the SRM hears of it lazily."""
-        return self.lrm.write_step(max_new_tokens=max_new_tokens, answer_phase=answer_phase)
+    def lrm_write(self, max_new_tokens: int, *, answer_phase: bool) -> WrittenStep | LRMUnavailable:
+        """Have the LRM write the next step; the SRM hears of it lazily.
+
+        Returns:
+            The written step, or :class:`~langchain_rankguide.lrm.LRMUnavailable` when the
+            LRM failed and its failure policy lets the SRM write the step instead.
+        """
+        try:
+            return self.lrm.write_step(max_new_tokens=max_new_tokens, answer_phase=answer_phase)
+        except RankGuideError as exc:
+            reason = fallback_reason(exc)
+            if reason is None:
+                raise
+            return LRMUnavailable(reason, exc)
 
     def record_committed(self, record: StepRecord) -> None:
         """Note a committed step; an LRM step is queued for the SRM with the ids it will hold."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypedDict, get_args
@@ -51,12 +52,48 @@ def empty_usage() -> Usage:
     return {"prefill_tokens": 0, "decode_tokens": 0}
 
 
-def add_usage(total: Usage, more: Usage) -> Usage:
-    """Return ``total + more`` as a new :class:`Usage`."""
+def add_usage(total: Usage, more: Usage, *, sign: int = 1) -> Usage:
+    """Return ``total + more`` (``total - more`` with ``sign=-1``) as a new :class:`Usage`."""
     return {
-        "prefill_tokens": total["prefill_tokens"] + more["prefill_tokens"],
-        "decode_tokens": total["decode_tokens"] + more["decode_tokens"],
+        "prefill_tokens": int(total["prefill_tokens"]) + sign * int(more["prefill_tokens"]),
+        "decode_tokens": int(total["decode_tokens"]) + sign * int(more["decode_tokens"]),
     }
+
+
+ROLES: tuple[str, str] = ("srm", "lrm")
+"""The two models of a collaboration, as usage and token ids name them."""
+
+
+def sum_usage(usages: Iterable[Usage]) -> Usage:
+    """Add up several :class:`Usage` records (both models of a run, or many runs)."""
+    total = empty_usage()
+    for usage in usages:
+        total = add_usage(total, usage)
+    return total
+
+
+def merge_usage(
+    left: Mapping[str, Usage] | None, right: Mapping[str, Usage] | None
+) -> dict[str, Usage]:
+    """Add per-model usage model by model (the graph state's reducer)."""
+    total = {model: add_usage(empty_usage(), u) for model, u in (left or {}).items()}
+    for model, usage in (right or {}).items():
+        total[model] = add_usage(total.get(model, empty_usage()), usage)
+    return total
+
+
+def usage_delta(before: Mapping[str, Usage], after: Mapping[str, Usage]) -> dict[str, Usage]:
+    """Per-model usage added between two readings (``after - before``)."""
+    return {
+        model: add_usage(usage, before.get(model, empty_usage()), sign=-1)
+        for model, usage in after.items()
+    }
+
+
+def usage_by_role(usage: Mapping[str, Usage] | None) -> dict[str, Usage]:
+    """Per-model usage of both roles (``srm`` then ``lrm``), zero for a model that never ran."""
+    usage = usage or {}
+    return {role: add_usage(empty_usage(), usage.get(role, empty_usage())) for role in ROLES}
 
 
 def clean_signal(value: Any) -> SignalValue:

@@ -472,8 +472,8 @@ def test_rankguide_frees_the_run_when_a_stream_is_abandoned(tiny_pair):
     stream = model.stream("go")
     next(stream)
     stream.close()
-    (graph,) = model._graphs.values()
-    assert graph.pipeline._sessions == {}
+    (app,) = model._apps.values()
+    assert app.pipeline._sessions == {}
 
 
 def test_rankguide_async(tiny_pair):

@@ -1,15 +1,15 @@
 """Engine performance (``rankguide bench --perf``): what the framework costs next to the raw model.
 
 Every measurement runs on the same tokens as a pinned baseline: the SRM's greedy trace of each
-question is produced once through the graph (policy ``srm``), and the *raw model* -- the very
+question is produced once through the run stream (policy ``srm``), and the *raw model* -- the very
 same loaded module, so the same dtype and device -- is then timed feeding exactly those tokens
 with its KV cache on (one forward for the prompt, one per generated token, an argmax on each
 logit row, as greedy decoding does). Every timing is the median of ``repeats`` runs after a
 warm-up run. Reported:
 
 * ``overhead``: framework time per step = (graph wall time - raw model time) / steps, for the
-  step engine alone and for the graph without a checkpointer, with an in-memory one and with a
-  SQLite one; and as a share of the graph's step time;
+  step engine alone and for the graph (run through the run stream) without a checkpointer,
+  with an in-memory one and with a SQLite one; and as a share of the graph's step time;
 * ``signals``: the routing signals' share of step time -- the graph under the ``rank`` policy
   with an unreachable threshold (so the trace is the SRM's, and only the router's signals are
   captured and computed) against the plain ``srm`` graph, plus the time inside
@@ -28,7 +28,6 @@ import sqlite3
 import statistics
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,10 +36,12 @@ from typing import Any
 
 import torch
 
+from langchain_rankguide.app import RankGuideApp
 from langchain_rankguide.bench.report import jsonable, machine_info
 from langchain_rankguide.bench.runner import BenchPipeline
 from langchain_rankguide.bench.tasks import DemoTask
 from langchain_rankguide.pipeline import RunOptions
+from langchain_rankguide.schemas import usage_by_role
 
 NEVER = 1e9
 """A threshold no score reaches: the router computes its signals but never escalates."""
@@ -245,7 +246,6 @@ def run_perf(
     from langgraph.checkpoint.memory import InMemorySaver
 
     from langchain_rankguide.engine import StepEngine
-    from langchain_rankguide.graph import build_graph
 
     settings = settings or PerfSettings()
     say = log or (lambda _msg: None)
@@ -258,21 +258,21 @@ def run_perf(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     problems = task.problems(settings.n_problems, settings.seed)
-    plain = build_graph(pipeline)
-    srm_only = {"configurable": {"policy": "srm"}}
+    plain = RankGuideApp(pipeline)
+    srm_only = RunOptions(policy="srm")
 
     # ---- the SRM's trace of each question: the tokens every variant is timed on
     say("recording the SRM traces")
     traces: list[dict[str, Any]] = []
     for problem in problems:
-        state = plain.invoke({"question": problem.question}, srm_only)
+        steps = plain.invoke(problem.question, srm_only).steps
         traces.append(
             {
                 "question": problem.question,
                 "prompt": _prompt_ids(pipeline, problem.question),
-                "ids": _fed_trace_ids(srm, state["steps"]),
-                "steps": len(state["steps"]),
-                "texts": [s["text"] for s in state["steps"]],
+                "ids": _fed_trace_ids(srm, steps),
+                "steps": len(steps),
+                "texts": [s["text"] for s in steps],
             }
         )
     n_steps = sum(t["steps"] for t in traces)
@@ -295,34 +295,33 @@ def run_perf(
                 break
         engine_same = engine_same and texts == t["texts"]
 
-    def graph_run(graph: Any, configurable: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    def graph_run(app: RankGuideApp, options: RunOptions) -> Callable[[dict[str, Any]], None]:
         def go(t: dict[str, Any]) -> None:
-            cfg = {"configurable": {**configurable, "thread_id": uuid.uuid4().hex}}
-            graph.invoke({"question": t["question"]}, cfg)
+            app.invoke(t["question"], options)
 
         return go
 
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     compute_times: list[float] = []
-    rank_cfg = {"policy": "rank", "threshold": NEVER}
-    router = pipeline.router(RunOptions(policy="rank", threshold=NEVER))
+    rank_options = RunOptions(policy="rank", threshold=NEVER)
+    router = pipeline.router(rank_options)
 
     def rank_run(t: dict[str, Any]) -> None:
         with _timed_signals(compute_times):
-            graph_run(plain, rank_cfg)(t)
+            graph_run(plain, rank_options)(t)
 
     with tempfile.TemporaryDirectory() as folder:
         connection = sqlite3.connect(Path(folder) / "perf.sqlite", check_same_thread=False)
         variants: dict[str, Callable[[dict[str, Any]], None]] = {
             "raw": lambda t: raw_greedy(srm, t["prompt"], t["ids"]),
             "engine": engine_run,
-            "graph": graph_run(plain, {"policy": "srm"}),
+            "graph": graph_run(plain, srm_only),
             "graph+memory": graph_run(
-                build_graph(pipeline, checkpointer=InMemorySaver()), {"policy": "srm"}
+                RankGuideApp(pipeline, checkpointer=InMemorySaver()), srm_only
             ),
             "graph+sqlite": graph_run(
-                build_graph(pipeline, checkpointer=SqliteSaver(connection)), {"policy": "srm"}
+                RankGuideApp(pipeline, checkpointer=SqliteSaver(connection)), srm_only
             ),
             "graph+signals": rank_run,
         }
@@ -419,13 +418,13 @@ def run_perf(
 
 
 def _prefill_profile(
-    pipeline: BenchPipeline, graph: Any, problems: Sequence[Any]
+    pipeline: BenchPipeline, app: RankGuideApp, problems: Sequence[Any]
 ) -> dict[str, Any]:
     """Per-step prefill (both models, prompts excluded) against the trace length before it."""
     from langchain_rankguide.lrm import render_prompt
 
     rows: list[tuple[int, int, int]] = []  # (trace tokens before, prefill, step tokens)
-    cfg = {"configurable": {"policy": "random", "threshold": 0.5}}
+    options = RunOptions(policy="random", threshold=0.5)
     kwargs = pipeline.config.prompt.chat_template_kwargs
     for problem in problems:
         prompts = {"srm": len(_prompt_ids(pipeline, problem.question)), "lrm": 0}
@@ -435,18 +434,18 @@ def _prefill_profile(
             prompts["lrm"] = len(lrm_tok.encode(text, add_special_tokens=False))
         previous = {"srm": 0, "lrm": 0}
         trace = 0
-        for _mode, event in graph.stream(
-            {"question": problem.question}, cfg, stream_mode=["custom"]
-        ):
-            usage = event["usage"]
-            now = {m: int(usage.get(m, {}).get("prefill_tokens", 0)) for m in ("srm", "lrm")}
+        with app.stream(problem.question, options) as run:
+            events = list(run)
+        for event in events:
+            usage = usage_by_role(event.usage)
+            now = {m: usage[m]["prefill_tokens"] for m in ("srm", "lrm")}
             delta = 0
             for model in ("srm", "lrm"):
                 delta += now[model] - previous[model]
                 if previous[model] == 0 and now[model] > 0:
                     delta -= prompts[model]  # a model's first use prefills its prompt
             previous = now
-            tokens = int(event["step"].get("tokens", 0))
+            tokens = int(event.step.get("tokens", 0))
             rows.append((trace, delta, tokens))
             trace += tokens
     if not rows:

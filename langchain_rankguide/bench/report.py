@@ -29,6 +29,7 @@ from langchain_rankguide.bench.stats import (
     pareto_front,
     wilson_interval,
 )
+from langchain_rankguide.schemas import merge_usage, usage_by_role
 
 SUBJECTS = ("rankguide", "rankguide+steer", "rank")
 """Policies compared with the others at their own escalation rate."""
@@ -115,13 +116,9 @@ def point_stats(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     latencies = [float(r["latency_s"]) for r in records]
     steps = sum(int(r["n_steps"]) for r in records)
     escalations = sum(int(r["escalations"]) for r in records)
-    usage = {m: {"prefill_tokens": 0, "decode_tokens": 0} for m in ("srm", "lrm")}
+    usage = usage_by_role(None)
     for r in records:
-        for model, counts in r["usage"].items():
-            for key in ("prefill_tokens", "decode_tokens"):
-                usage.setdefault(model, {"prefill_tokens": 0, "decode_tokens": 0})[key] += int(
-                    counts.get(key, 0)
-                )
+        usage = merge_usage(usage, r["usage"])
     modes: Counter[str] = Counter()
     for r in records:
         modes.update(r.get("failure_modes") or {})

@@ -1,4 +1,4 @@
-"""Run every policy on the same problems, in one process, through the one graph.
+"""Run every policy on the same problems, in one process, through the one run stream.
 
 Each problem is run under every policy (and every sweep point) before the next problem starts,
 so slow drift in machine load hits all policies alike and a partial run still compares them on
@@ -15,14 +15,12 @@ whose :meth:`~BenchPipeline.router` knows them.
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_rankguide.bench.tasks import BenchProblem, Task
 from langchain_rankguide.errors import CalibrationError, RankGuideError
@@ -36,7 +34,10 @@ from langchain_rankguide.routing import (
     StepContext,
     failure_rules_from,
 )
-from langchain_rankguide.schemas import Calibration, StepRecord
+from langchain_rankguide.schemas import Calibration
+
+if TYPE_CHECKING:
+    from langchain_rankguide.app import RunResult
 
 ALL_POLICIES = (
     "srm",
@@ -167,11 +168,11 @@ class BenchPipeline(RankGuidePipeline):
         self,
         run_id: str,
         messages: list[dict[str, Any]],
-        committed: Sequence[StepRecord],
+        steps: Sequence[Mapping[str, Any]],
         options: RunOptions,
     ) -> RunSession:
         """The run's session; an oracle router is bound to the problem being run."""
-        session = super().session(run_id, messages, committed, options)
+        session = super().session(run_id, messages, steps, options)
         if isinstance(session.router, OracleRouter):
             session.router.bind(self.current_problem)
         return session
@@ -185,14 +186,14 @@ class PolicyPoint:
         policy: the benchmark policy name (see :data:`ALL_POLICIES`).
         label: unique name of the point (``entropy``, ``entropy@0.2``).
         threshold: the threshold override (``None`` = the policy's default).
-        configurable: the LangGraph ``configurable`` of the run.
+        options: the run's options.
         default: ``True`` for the policy's default operating point (the summary row).
     """
 
     policy: str
     label: str
     threshold: float | None
-    configurable: dict[str, Any]
+    options: RunOptions
     default: bool = True
 
 
@@ -267,16 +268,14 @@ def plan_points(pipeline: BenchPipeline, task: Task, settings: BenchSettings) ->
             if problem is not None:
                 notes.append(f"rankguide+steer skipped: {problem}")
                 continue
-            configurable = {
-                "policy": "rankguide",
-                "steering": True,
-                "steering_vector": str(steer_vector),
-            }
+            options = RunOptions(
+                policy="rankguide", steering=True, steering_vector=str(steer_vector)
+            )
         else:
-            configurable = {"policy": policy}
-        points.append(PolicyPoint(policy, policy, None, configurable))
+            options = RunOptions(policy=policy)
+        points.append(PolicyPoint(policy, policy, None, options))
         if settings.sweep:
-            points.extend(_sweep_points(policy, configurable, calibration, pipeline, notes))
+            points.extend(_sweep_points(policy, options, calibration, pipeline, notes))
     return Plan(points, notes)
 
 
@@ -293,7 +292,7 @@ def _steering_problem(path: str) -> str | None:
 
 def _sweep_points(
     policy: str,
-    configurable: dict[str, Any],
+    options: RunOptions,
     calibration: Calibration | None,
     pipeline: BenchPipeline,
     notes: list[str],
@@ -307,7 +306,7 @@ def _sweep_points(
                         policy,
                         sweep_key(policy, rate),
                         rate,
-                        {**configurable, "threshold": rate},
+                        replace(options, threshold=rate),
                         False,
                     )
                 )
@@ -319,7 +318,7 @@ def _sweep_points(
                         policy,
                         f"{policy}@accept{accept}",
                         float(accept),
-                        {**configurable, "threshold": float(accept)},
+                        replace(options, threshold=float(accept)),
                         False,
                     )
                 )
@@ -341,7 +340,7 @@ def _sweep_points(
                 value = fitted[key]
                 seen.add(value)
                 points.append(
-                    PolicyPoint(policy, key, value, {**configurable, "threshold": value}, False)
+                    PolicyPoint(policy, key, value, replace(options, threshold=value), False)
                 )
     return points
 
@@ -368,24 +367,13 @@ def compact_step(step: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_record(
-    point: PolicyPoint,
-    problem: BenchProblem,
-    task: Task,
-    state: dict[str, Any],
-    wall_s: float,
+    point: PolicyPoint, problem: BenchProblem, task: Task, result: RunResult
 ) -> dict[str, Any]:
-    """One ``results.jsonl`` record from a finished graph state."""
-    steps = list(state.get("steps", []))
+    """One ``results.jsonl`` record from a finished run."""
+    steps = result.steps
     texts = [s["text"] for s in steps]
     modes = Counter(s["failure_mode"] for s in steps if s.get("failure_mode"))
     labels = task.step_labels(problem, texts) if task.has_step_verifier else []
-    usage = {
-        model: {
-            "prefill_tokens": int(state.get("usage", {}).get(model, {}).get("prefill_tokens", 0)),
-            "decode_tokens": int(state.get("usage", {}).get(model, {}).get("decode_tokens", 0)),
-        }
-        for model in ("srm", "lrm")
-    }
     return {
         "policy": point.policy,
         "point": point.label,
@@ -394,17 +382,17 @@ def make_record(
         "problem_id": problem.id,
         "question": problem.question,
         "reference": problem.reference,
-        "answer": state.get("answer"),
-        "answer_author": state.get("answer_author"),
-        "correct": bool(task.check(problem, state.get("answer"), texts)),
-        "latency_s": float(state.get("latency_s", 0.0)),
-        "wall_s": wall_s,
-        "usage": usage,
+        "answer": result.answer,
+        "answer_author": result.answer_author,
+        "correct": bool(task.check(problem, result.answer, texts)),
+        "latency_s": result.latency_s,
+        "wall_s": result.wall_s,
+        "usage": result.usage,
         "n_steps": len(steps),
         "escalations": sum(1 for s in steps if s.get("escalated")),
         "failure_modes": dict(modes),
         "wrong_steps": sum(1 for label in labels if label is False) if labels else None,
-        "stop_reason": state.get("stop_reason"),
+        "stop_reason": result.stop_reason,
         "steps": [compact_step(s) for s in steps],
     }
 
@@ -452,7 +440,7 @@ def run_bench(
     Returns:
         All records (kept and new), the plan and the problems.
     """
-    from langchain_rankguide.graph import build_graph
+    from langchain_rankguide.app import RankGuideApp
 
     plan = plan or plan_points(pipeline, task, settings)
     problems = task.problems(settings.n, settings.seed)
@@ -471,21 +459,16 @@ def run_bench(
     ids = {p.id for p in problems}
     kept = [r for r in existing if r.get("point") in labels and r.get("problem_id") in ids]
     done = {(r["point"], r["problem_id"]) for r in kept}
-    graph = build_graph(pipeline)
+    app = RankGuideApp(pipeline)
 
-    def invoke(point: PolicyPoint, problem: BenchProblem) -> tuple[dict[str, Any], float]:
+    def invoke(point: PolicyPoint, problem: BenchProblem) -> RunResult:
         pipeline.current_problem = problem
-        started = time.perf_counter()
-        state = graph.invoke(
-            {"question": problem.question},
-            {"configurable": {**point.configurable, "thread_id": uuid.uuid4().hex}},
-        )
-        return dict(state), time.perf_counter() - started
+        return app.invoke(problem.question, point.options)
 
     # Load every model and run each policy untimed first, so neither loading nor first-call
     # costs (lazy imports, allocator growth) count as step latency.
     for point in plan.points:
-        pipeline.warm_up(RunOptions.from_mapping(point.configurable))
+        pipeline.warm_up(point.options)
     warmed: set[str] = set()
     for point in plan.points:
         if point.policy not in warmed:
@@ -500,8 +483,7 @@ def run_bench(
             for point in plan.points:
                 if (point.label, problem.id) in done:
                     continue
-                state, wall = invoke(point, problem)
-                record = make_record(point, problem, task, state, wall)
+                record = make_record(point, problem, task, invoke(point, problem))
                 records.append(record)
                 out.write(json.dumps(record) + "\n")
                 out.flush()

@@ -128,13 +128,13 @@ def collect_steps(
     Returns:
         One labelled step per SRM step.
     """
-    from langchain_rankguide.graph import build_graph
+    from langchain_rankguide.app import RankGuideApp
+    from langchain_rankguide.pipeline import RunOptions
 
-    graph = build_graph(pipeline)
+    app = RankGuideApp(pipeline)
     steps: list[LabelledStep] = []
     for done, problem in enumerate(problems, 1):
-        state = graph.invoke({"question": problem.question}, {"configurable": {"policy": "srm"}})
-        records = state["steps"]
+        records = app.invoke(problem.question, RunOptions(policy="srm")).steps
         for index, (record, failing) in enumerate(
             zip(records, labeller(problem, records), strict=False)
         ):

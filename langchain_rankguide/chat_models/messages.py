@@ -96,7 +96,7 @@ def content_text(content: str | list[Any], *, what: str = "message") -> str:
 
     Raises:
         MessageFormatError: for an image, audio, video or file block, or text that is not
-            valid Unicode (a lone surrogate such as ``"\\udcff"``, which no tokenizer encodes).
+            valid Unicode (a lone surrogate, which no tokenizer encodes).
     """
     if isinstance(content, str):
         return _valid_text(content, what)

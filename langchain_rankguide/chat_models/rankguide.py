@@ -1,7 +1,8 @@
 r"""``ChatRankGuide``: the SRM + LRM collaboration behind the LangChain chat-model interface.
 
-Each call runs the RankGuide LangGraph graph (:func:`~langchain_rankguide.graph.build_graph`)
-on the conversation and returns what a reasoning model returns: the final answer as
+Each call runs the conversation through the run stream
+(:class:`~langchain_rankguide.app.RankGuideApp`, over the RankGuide LangGraph graph) and
+returns what a reasoning model returns: the final answer as
 ``content``, the committed reasoning steps in ``additional_kwargs["reasoning_content"]``, and
 the step records (author, decision, signals, latency, ...) in ``response_metadata["steps"]``.
 
@@ -21,15 +22,13 @@ Example:
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import json
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
@@ -38,7 +37,6 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from langchain_rankguide.chat_models._common import (
     StopMatcher,
     StreamFirstChatModel,
-    plain_usage,
     pop_unknown_init_kwargs,
     usage_metadata,
     warn_unknown,
@@ -46,7 +44,10 @@ from langchain_rankguide.chat_models._common import (
 from langchain_rankguide.chat_models.messages import chat_shape, to_chat_dicts
 from langchain_rankguide.engine import MODELS, IncrementalDetokenizer, ModelRegistry
 from langchain_rankguide.engine.text import encode_continuation
-from langchain_rankguide.schemas import Usage, empty_usage
+from langchain_rankguide.pipeline import RunOptions
+
+if TYPE_CHECKING:
+    from langchain_rankguide.app import RankGuideApp
 
 PROVIDER = "rankguide"
 MODEL_PREFIX = "rankguide:"
@@ -158,7 +159,7 @@ class ChatRankGuide(StreamFirstChatModel):
     """Where models load and are shared (the process-wide registry by default)."""
 
     _base: Any = PrivateAttr(default=None)
-    _graphs: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _apps: dict[str, Any] = PrivateAttr(default_factory=dict)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @model_validator(mode="before")
@@ -255,23 +256,31 @@ class ChatRankGuide(StreamFirstChatModel):
             overrides = merge_overrides(overrides, {"prompt": {"chat_template_kwargs": kwargs}})
         return overrides
 
-    def _graph(self, overrides: Mapping[str, Any]) -> Any:
-        """The compiled graph for one set of overrides (cached; models are shared anyway)."""
+    def _app(self, overrides: Mapping[str, Any]) -> RankGuideApp:
+        """The run stream for one set of overrides (cached; models are shared anyway)."""
+        from langchain_rankguide.app import RankGuideApp
         from langchain_rankguide.config import merge_overrides, parse_config
-        from langchain_rankguide.graph import build_graph
         from langchain_rankguide.pipeline import RankGuidePipeline
 
         key = json.dumps(overrides, sort_keys=True, default=str)
         with self._lock:
-            graph = self._graphs.get(key)
-            if graph is None:
+            app = self._apps.get(key)
+            if app is None:
                 config = self._base
                 if overrides:
                     data = merge_overrides(config.model_dump(mode="json"), overrides)
                     config = parse_config(data, source="ChatRankGuide overrides")
-                graph = build_graph(RankGuidePipeline(config, registry=self.registry))
-                self._graphs[key] = graph
-            return graph
+                app = RankGuideApp(RankGuidePipeline(config, registry=self.registry))
+                self._apps[key] = app
+            return app
+
+    def _run_options(self, merged: Mapping[str, Any]) -> RunOptions:
+        """The call's run options: per-call keywords over the model's fields."""
+        values = {}
+        for name in _RUN_OPTIONS:
+            value = merged.get(name)
+            values[name] = getattr(self, name) if value is None else value
+        return RunOptions(**values)
 
     def _messages(self, pipeline: Any, messages: list[BaseMessage]) -> list[dict[str, Any]]:
         """Chat dicts with the configured system prompt, step instruction and user template."""
@@ -307,8 +316,8 @@ class ChatRankGuide(StreamFirstChatModel):
             k for k in merged if k.startswith("ls_")
         }
         warn_unknown(type(self).__name__, unknown, where="unknown call keyword")
-        graph = self._graph(self._overrides(merged))
-        pipeline = graph.pipeline
+        app = self._app(self._overrides(merged))
+        pipeline = app.pipeline
         config = pipeline.config
         srm_tokenizer = pipeline.srm.tokenizer
         template_kwargs = dict(config.prompt.chat_template_kwargs)
@@ -318,62 +327,20 @@ class ChatRankGuide(StreamFirstChatModel):
         prompt = render_prompt(srm_tokenizer, dicts, **template_kwargs)
         prompt += config.prompt.assistant_prefix
         prompt_tokens = len(srm_tokenizer.encode(prompt, add_special_tokens=False))
-        options = {}
-        for name in _RUN_OPTIONS:
-            value = merged.get(name)
-            value = getattr(self, name) if value is None else value
-            if value is not None:
-                options[name] = value
-        run_id = uuid.uuid4().hex
-        run_config = {
-            "configurable": options,
-            "recursion_limit": 4 * config.steps.max_steps + 16,
-        }
-        # A fresh context: inside an outer LangGraph run the inner graph would otherwise join it
-        # as a subgraph (its checkpointer, its thread id, its stream).
-        context = contextvars.Context()
-        events = context.run(
-            graph.stream,
-            {"messages": dicts, "run_id": run_id},
-            run_config,
-            stream_mode=["custom", "values"],
-        )
         stops = StopMatcher(stop if stop is not None else self.stop)
         markers = list(config.steps.answer_markers)
-        final: dict[str, Any] = {}
         answer_record: dict[str, Any] | None = None
         reasoning_tokens = 0
-        answer_text = ""
         timeout = merged.get("timeout") or self.timeout
         started = time.monotonic()
         timed_out = False
-        try:
-            while True:
-                if timeout is not None and time.monotonic() - started > timeout:
-                    timed_out = True
-                    break
-                item = context.run(next, events, None)
-                if item is None:
-                    break
-                mode, payload = item
-                if mode == "values":
-                    final = payload
-                    continue
-                if not isinstance(payload, Mapping) or payload.get("type") != "rankguide.step":
-                    continue
-                record = payload["step"]
+        with app.stream({"messages": dicts}, self._run_options(merged)) as run:
+            for event in run:
+                record = event.step
                 if record.get("is_answer") or record.get("finish_reason") == "eos":
                     answer_record = record
                     answer_text = _answer_of(record["text"], markers)
-                    for piece in self._answer_pieces(pipeline, record, answer_text):
-                        emitted = stops.push(piece)
-                        if emitted:
-                            yield ChatGenerationChunk(message=AIMessageChunk(content=emitted))
-                        if stops.hit is not None:
-                            break
-                    tail = stops.flush()
-                    if tail:
-                        yield ChatGenerationChunk(message=AIMessageChunk(content=tail))
+                    yield from self._answer_chunks(pipeline, record, answer_text, stops)
                 else:
                     reasoning_tokens += int(record.get("tokens", 0))
                     yield ChatGenerationChunk(
@@ -381,25 +348,24 @@ class ChatRankGuide(StreamFirstChatModel):
                             content="", additional_kwargs={"reasoning_content": record["text"]}
                         )
                     )
-        finally:
-            context.run(events.close)
-            pipeline.end_session(run_id)
-        stop_reason = str(final.get("stop_reason") or "answer")
+                if timeout is not None and time.monotonic() - started > timeout:
+                    timed_out = True
+                    break
+        result = run.result
+        stop_reason = result.stop_reason or "answer"
         finish = "stop" if answer_record is not None else _FINISH.get(stop_reason, "stop")
         if timed_out:
             stop_reason, finish = "timeout", "timeout"
-        steps = [{k: v for k, v in s.items() if k != "token_ids"} for s in final.get("steps", [])]
         answer_tokens = int(answer_record.get("tokens", 0)) if answer_record else 0
-        usage: dict[str, Usage] = final.get("usage") or {}
         metadata: dict[str, Any] = {
             "model_name": str(merged.get("model") or self.model_name),
             "model_provider": PROVIDER,
             "finish_reason": finish,
             "stop_reason": stop_reason,
-            "steps": steps,
+            "steps": [{k: v for k, v in s.items() if k != "token_ids"} for s in result.steps],
             "answer_author": answer_record.get("author") if answer_record else None,
-            "correct": final.get("correct"),
-            "usage_by_model": plain_usage({m: usage.get(m, empty_usage()) for m in ("srm", "lrm")}),
+            "correct": result.correct,
+            "usage_by_model": result.usage,
         }
         if stops.hit is not None:
             metadata["stop"] = stops.hit
@@ -413,6 +379,20 @@ class ChatRankGuide(StreamFirstChatModel):
                 chunk_position="last",
             )
         )
+
+    def _answer_chunks(
+        self, pipeline: Any, record: Mapping[str, Any], answer: str, stops: StopMatcher
+    ) -> Iterator[ChatGenerationChunk]:
+        """The answer step's text as content chunks, cut at the first stop string."""
+        for piece in self._answer_pieces(pipeline, record, answer):
+            emitted = stops.push(piece)
+            if emitted:
+                yield ChatGenerationChunk(message=AIMessageChunk(content=emitted))
+            if stops.hit is not None:
+                break
+        tail = stops.flush()
+        if tail:
+            yield ChatGenerationChunk(message=AIMessageChunk(content=tail))
 
     @staticmethod
     def _answer_pieces(pipeline: Any, record: Mapping[str, Any], answer: str) -> Iterator[str]:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from langchain_rankguide.app import RunResult
+    from langchain_rankguide.pipeline import RunOptions
 
 KEY_SIGNALS = ("entropy.first_token", "rank.window.effective", "reflection.streak")
 AUTHOR_STYLES = {"srm": "cyan", "lrm": "magenta"}
@@ -22,11 +26,9 @@ class TraceRenderer:
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(highlight=False)
 
-    def header(
-        self, question: str, config: Any, pipeline: Any, configurable: dict[str, Any]
-    ) -> None:
-        """Print the question and the model pair."""
-        policy = configurable.get("policy") or config.routing.policy
+    def header(self, question: str, config: Any, pipeline: Any, options: RunOptions) -> None:
+        """Print the question, the model pair and the run's policy."""
+        policy = options.policy or config.routing.policy
         self.console.print(Text(f"Q: {question}", style="bold"))
         self.console.print(
             f"[dim]SRM {pipeline.srm_identity} + LRM {pipeline.lrm_identity}; policy {policy}[/dim]"
@@ -53,10 +55,10 @@ class TraceRenderer:
             draft = step["draft_text"].rstrip("\n")
             self.console.print(Text(f"     (SRM draft replaced: {draft})", style="dim strike"))
 
-    def summary(self, state: dict[str, Any], wall_s: float) -> None:
-        """Print the answer, latency and per-model tokens."""
-        answer = state.get("answer")
-        correct = state.get("correct")
+    def summary(self, result: RunResult) -> None:
+        """Print the answer, wall time and per-model tokens."""
+        answer = result.answer
+        correct = result.correct
         verdict = "" if correct is None else ("  (correct)" if correct else "  (wrong)")
         self.console.print(
             Text(
@@ -66,16 +68,14 @@ class TraceRenderer:
         table = Table(show_header=True, header_style="bold")
         for column in ("model", "prefill tokens", "decode tokens", "steps written"):
             table.add_column(column, justify="right")
-        steps = state.get("steps", [])
-        usage = state.get("usage") or {}
-        for model in ("srm", "lrm"):
-            counts = usage.get(model, {"prefill_tokens": 0, "decode_tokens": 0})
+        steps = result.steps
+        for model, counts in result.usage.items():
             written = sum(1 for s in steps if s["author"] == model)
             table.add_row(
                 model, str(counts["prefill_tokens"]), str(counts["decode_tokens"]), str(written)
             )
         self.console.print(table)
         self.console.print(
-            f"latency {wall_s:.2f} s, {len(steps)} steps, stop: {state.get('stop_reason')}, "
-            f"answer by {state.get('answer_author') or '-'}"
+            f"latency {result.wall_s:.2f} s, {len(steps)} steps, stop: {result.stop_reason}, "
+            f"answer by {result.answer_author or '-'}"
         )

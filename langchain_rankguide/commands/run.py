@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-import uuid
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from langchain_rankguide.errors import RankGuideError
+
+if TYPE_CHECKING:
+    from langchain_rankguide.app import RunResult
+    from langchain_rankguide.pipeline import RunOptions
 
 DEMO_QUESTION = (
     "Start at 72, then: (1) subtract 39, (2) add 14, (3) multiply by 2, (4) subtract 25. "
@@ -47,6 +50,7 @@ def register(subparsers: Any) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Configuration overrides: checked like the file's own keys (errors name the key)."""
     overrides: dict[str, Any] = {}
     if args.policy:
         overrides["routing.policy"] = args.policy
@@ -58,8 +62,19 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def result_json(state: dict[str, Any], wall_s: float) -> dict[str, Any]:
-    """The documented ``--json`` object from a finished graph state."""
+def _options(args: argparse.Namespace) -> RunOptions:
+    """Run options: the flags that change one run, not the configuration."""
+    from langchain_rankguide.pipeline import RunOptions
+
+    return RunOptions(threshold=args.threshold, seed=args.seed)
+
+
+def result_json(result: RunResult | Mapping[str, Any], wall_s: float) -> dict[str, Any]:
+    """The documented ``--json`` object from a run's result (or a finished graph state)."""
+    from langchain_rankguide.app import RunResult
+
+    if not isinstance(result, RunResult):
+        result = RunResult.from_state(result)
     steps = [
         {
             "author": s["author"],
@@ -73,26 +88,23 @@ def result_json(state: dict[str, Any], wall_s: float) -> dict[str, Any]:
             "reason": s["reason"],
             "fallback": s.get("fallback"),
         }
-        for s in state.get("steps", [])
+        for s in result.steps
     ]
-    usage = state.get("usage") or {}
     return {
-        "answer": state.get("answer"),
-        "answer_author": state.get("answer_author"),
-        "correct": state.get("correct"),
-        "stop_reason": state.get("stop_reason"),
+        "answer": result.answer,
+        "answer_author": result.answer_author,
+        "correct": result.correct,
+        "stop_reason": result.stop_reason,
         "steps": steps,
-        "usage": {
-            m: usage.get(m, {"prefill_tokens": 0, "decode_tokens": 0}) for m in ("srm", "lrm")
-        },
+        "usage": result.usage,
         "latency_s": wall_s,
     }
 
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the collaboration on one question and print the trace or a JSON object."""
+    from langchain_rankguide.app import RankGuideApp
     from langchain_rankguide.config import load_config
-    from langchain_rankguide.graph import build_graph
 
     question = args.question if args.question is not None else DEMO_QUESTION
     if not question.strip():
@@ -101,35 +113,22 @@ def run_command(args: argparse.Namespace) -> int:
     checkpointer = None
     if args.checkpoint or config.checkpoint.sqlite_path:
         checkpointer = _sqlite_saver(args.checkpoint or str(config.checkpoint.sqlite_path))
-    graph = build_graph(config, checkpointer=checkpointer)
-    configurable: dict[str, Any] = {"thread_id": args.thread_id or uuid.uuid4().hex}
-    if args.threshold is not None:
-        configurable["threshold"] = args.threshold
-    if args.seed is not None:
-        configurable["seed"] = args.seed
-    run_config = {"configurable": configurable}
-    resume = checkpointer is not None and args.thread_id and graph.get_state(run_config).next
-    graph_input = None if resume else {"question": question}
-    from langchain_rankguide.pipeline import RunOptions
-
-    # Loading weights is start-up, not run latency.
-    graph.pipeline.warm_up(RunOptions(policy=args.policy))
-    started = time.perf_counter()
+    app = RankGuideApp(config, checkpointer=checkpointer)
+    options = _options(args)
+    # With --thread-id, an unfinished checkpoint of that run resumes (the question is not
+    # asked again); the run stream loads the models before its clock starts.
     if args.json:
-        state = graph.invoke(graph_input, run_config)
-        print(json.dumps(result_json(state, time.perf_counter() - started), allow_nan=False))
+        result = app.invoke(question, options, run_id=args.thread_id)
+        print(json.dumps(result_json(result, result.wall_s), allow_nan=False))
         return 0
     from langchain_rankguide.commands.render import TraceRenderer
 
     renderer = TraceRenderer()
-    renderer.header(question, config, graph.pipeline, configurable)
-    state = {}
-    for mode, event in graph.stream(graph_input, run_config, stream_mode=["custom", "values"]):
-        if mode == "custom" and event.get("type") == "rankguide.step":
-            renderer.step(event["step"])
-        elif mode == "values":
-            state = event
-    renderer.summary(state, time.perf_counter() - started)
+    renderer.header(question, config, app.pipeline, options)
+    with app.stream(question, options, run_id=args.thread_id) as run:
+        for event in run:
+            renderer.step(event.step)
+    renderer.summary(run.result)
     return 0
 
 

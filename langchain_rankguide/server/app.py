@@ -462,14 +462,13 @@ def build_app_from_config(
     config: Any, *, limits: ServerLimits | None = None, api_key: SecretStr | None = None
 ) -> FastAPI:
     """Serve the configured pipeline as ``rankguide`` and each local model alone."""
-    from langchain_rankguide.graph import build_graph
-    from langchain_rankguide.pipeline import RankGuidePipeline
+    from langchain_rankguide.app import RankGuideApp
 
     limits = limits or ServerLimits()
-    pipeline = RankGuidePipeline(config)
-    graph = build_graph(pipeline)
+    rankguide = RankGuideApp(config)
+    pipeline = rankguide.pipeline
     handlers: dict[str, Handler] = {
-        "rankguide": RankGuideHandler(graph, max_tokens=limits.max_tokens),
+        "rankguide": RankGuideHandler(rankguide, max_tokens=limits.max_tokens),
         "srm": _LazyPlain(lambda: pipeline.srm, "srm", limits.max_tokens),
     }
     aliases = {pipeline.srm_identity: "srm"}

@@ -8,16 +8,19 @@ passed deadline stops the work at the next token (plain models) or step (RankGui
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from langchain_rankguide.engine import LoadedModel, SamplingSettings, StepEngine, StepSettings
 from langchain_rankguide.errors import ConfigError, InputError, RankGuideError
 from langchain_rankguide.lrm import render_prompt
 from langchain_rankguide.pipeline import RunOptions
+from langchain_rankguide.schemas import sum_usage
 from langchain_rankguide.server.protocol import ChatCompletionRequest, CompletionRequest
+
+if TYPE_CHECKING:
+    from langchain_rankguide.app import RankGuideApp
 
 
 class Cancelled(RankGuideError):
@@ -135,9 +138,26 @@ class PlainModelHandler:
 class RankGuideHandler:
     """The whole collaboration served as one model: answer in content, steps as reasoning."""
 
-    def __init__(self, graph: Any, *, max_tokens: int):
-        self.graph = graph
+    def __init__(self, app: RankGuideApp, *, max_tokens: int):
+        self.app = app
         self.max_tokens = max_tokens
+
+    def _options(self, request: Any, limit: int | None) -> RunOptions:
+        """The request's run options, refused (as the request's fault) if they cannot run."""
+        extras = request.rankguide.model_dump(exclude_none=True) if request.rankguide else {}
+        pipeline = self.app.pipeline
+        if "policy" in extras:
+            try:  # a policy this server cannot run (no calibration) is the request's problem
+                pipeline.router(RunOptions(policy=extras["policy"]))
+            except ConfigError as exc:
+                raise InputError(f"rankguide.policy: {exc}") from None
+        if request.seed is not None:
+            extras.setdefault("seed", request.seed)
+        if limit is not None:
+            extras["thinking_budget"] = min(limit, self.max_tokens)
+        options = RunOptions.from_mapping(extras)
+        pipeline.check_options(options)
+        return options
 
     def _run(
         self,
@@ -146,50 +166,25 @@ class RankGuideHandler:
         limit: int | None,
         cancelled: Callable[[], bool],
     ) -> Generation:
-        extras = request.rankguide.model_dump(exclude_none=True) if request.rankguide else {}
-        if "policy" in extras:
-            try:  # a policy this server cannot run (no calibration) is the request's problem
-                self.graph.pipeline.router(RunOptions(policy=extras["policy"]))
-            except ConfigError as exc:
-                raise InputError(f"rankguide.policy: {exc}") from None
-        self.graph.pipeline.check_options(RunOptions.from_mapping(extras))
-        configurable: dict[str, Any] = {"thread_id": uuid.uuid4().hex, **extras}
-        if request.seed is not None:
-            configurable.setdefault("seed", request.seed)
-        if limit is not None:
-            configurable["thinking_budget"] = min(limit, self.max_tokens)
-        state: dict[str, Any] = {}
-        stream = self.graph.stream(
-            graph_input, {"configurable": configurable}, stream_mode=["custom", "values"]
-        )
-        try:
-            for mode, event in stream:
+        with self.app.stream(graph_input, self._options(request, limit)) as run:
+            for event in run:
                 if cancelled():
                     raise Cancelled("request cancelled")
-                if mode == "custom" and event.get("type") == "rankguide.step":
-                    step = event["step"]
-                    if not step["is_answer"]:
-                        yield Piece(step["text"], "reasoning", step)
-                elif mode == "values":
-                    state = event
-        finally:
-            stream.close()
-            self.graph.pipeline.end_session(configurable["thread_id"])
-        answer = state.get("answer") or ""
-        if answer:
-            yield Piece(answer, "content")
-        usage = state.get("usage") or {}
-        prompt_tokens = sum(u["prefill_tokens"] for u in usage.values())
-        completion_tokens = sum(u["decode_tokens"] for u in usage.values())
-        finish = "stop" if state.get("stop_reason") in ("answer", "eos") else "length"
+                if not event.step["is_answer"]:
+                    yield Piece(event.step["text"], "reasoning", event.step)
+        result = run.result
+        if result.answer:
+            yield Piece(result.answer, "content")
+        total = sum_usage(result.usage.values())
+        finish = "stop" if result.stop_reason in ("answer", "eos") else "length"
         vendor = {
-            "steps": state.get("steps", []),
-            "usage_by_model": usage,
-            "answer_author": state.get("answer_author"),
-            "stop_reason": state.get("stop_reason"),
-            "correct": state.get("correct"),
+            "steps": result.steps,
+            "usage_by_model": result.usage,
+            "answer_author": result.answer_author,
+            "stop_reason": result.stop_reason,
+            "correct": result.correct,
         }
-        return Outcome(finish, prompt_tokens, completion_tokens, vendor)
+        return Outcome(finish, total["prefill_tokens"], total["decode_tokens"], vendor)
 
     def chat(self, request: ChatCompletionRequest, cancelled: Callable[[], bool]) -> Generation:
         """Run the collaboration on the conversation."""
