@@ -311,8 +311,10 @@ class RankGuidePipeline:
     def warm_up(self, options: RunOptions) -> None:
         """Load the models a run will use, so loading time never counts as step latency.
 
-        Loading goes through the registry, so a model already loaded costs one lookup.
+        Loading goes through the registry, so a model already loaded costs one lookup. The
+        grading task is resolved here too, so a wrong ``task:`` fails before any step runs.
         """
+        _ = self.grading_task
         policy = options.policy or self.config.routing.policy
         if policy != "lrm":
             _ = self.srm
