@@ -352,6 +352,9 @@ SIGNALS: dict[str, SignalSpec] = _build_registry()
 
 CALIBRATION_VERSION = 1
 
+MAX_CALIBRATION_BYTES = 16 << 20
+"""Largest calibration file read (16 MiB); a fitted one is a few kilobytes."""
+
 
 @dataclass
 class SignalStats:
@@ -428,7 +431,15 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        """Validate and build a calibration from a dict; errors name the bad key."""
+        """Validate and build a calibration from a dict; errors name the bad field.
+
+        Every number must be finite (JSON's ``NaN`` and ``Infinity`` are refused: a NaN mean
+        would make every score NaN and silently switch routing off), every mapping must be a
+        JSON object of the documented shape, and every signal must be a known one.
+
+        Raises:
+            CalibrationError: one line naming the field and the problem.
+        """
         if not isinstance(data, dict):
             raise CalibrationError("calibration file must hold a JSON object")
         version = data.get("version")
@@ -436,29 +447,29 @@ class Calibration:
             raise CalibrationError(
                 f"calibration version {version!r} is not supported (expected {CALIBRATION_VERSION})"
             )
-        try:
-            signals = {name: SignalStats(**stats) for name, stats in dict(data["signals"]).items()}
-            weights = {str(k): float(v) for k, v in dict(data["weights"]).items()}
-            cal = cls(
-                models={str(k): str(v) for k, v in dict(data["models"]).items()},
-                signals=signals,
-                weights=weights,
-                threshold=float(data["threshold"]),
-                bias=float(data.get("bias", 0.0)),
-                target_escalation_rate=data.get("target_escalation_rate"),
-                reflection_streak=int(data.get("reflection_streak", 3)),
-                failure_thresholds={
-                    str(k): float(v) for k, v in dict(data.get("failure_thresholds", {})).items()
-                },
-                policy_thresholds={
-                    str(k): float(v) for k, v in dict(data.get("policy_thresholds", {})).items()
-                },
-                notes=str(data.get("notes", "")),
-            )
-        except KeyError as exc:
-            raise CalibrationError(f"calibration file is missing key {exc.args[0]!r}") from None
-        except (TypeError, ValueError) as exc:
-            raise CalibrationError(f"calibration file is malformed: {exc}") from None
+        for key in ("models", "signals", "weights", "threshold"):
+            if key not in data:
+                raise CalibrationError(f"calibration file is missing key {key!r}")
+        signals = {
+            name: _signal_stats(stats, f"signals[{name!r}]")
+            for name, stats in _object(data["signals"], "signals").items()
+        }
+        weights = _numbers(data["weights"], "weights")
+        rate = data.get("target_escalation_rate")
+        if rate is not None:
+            rate = _finite(rate, "target_escalation_rate", 0, 1)
+        cal = cls(
+            models=_strings(data["models"], "models"),
+            signals=signals,
+            weights=weights,
+            threshold=_finite(data["threshold"], "threshold"),
+            bias=_finite(data.get("bias", 0.0), "bias"),
+            target_escalation_rate=rate,
+            reflection_streak=_count(data.get("reflection_streak", 3), "reflection_streak"),
+            failure_thresholds=_numbers(data.get("failure_thresholds", {}), "failure_thresholds"),
+            policy_thresholds=_numbers(data.get("policy_thresholds", {}), "policy_thresholds"),
+            notes=str(data.get("notes", "")),
+        )
         unknown = [n for n in [*signals, *weights] if n not in SIGNALS]
         if unknown:
             raise CalibrationError(f"calibration names unknown signal(s) {unknown}")
@@ -473,12 +484,24 @@ class Calibration:
 
     @classmethod
     def load(cls, path: str | Path) -> Calibration:
-        """Read a calibration JSON file; errors name the file."""
+        """Read a calibration JSON file; errors name the file.
+
+        Only a regular file of at most :data:`MAX_CALIBRATION_BYTES` is read (a FIFO would hang
+        the read, ``/dev/zero`` never end it); its content is checked by :meth:`from_dict`.
+        """
         path = Path(path)
         try:
+            if path.exists() and not path.is_file():
+                raise CalibrationError(f"calibration file {path} is not a regular file")
+            if path.exists() and path.stat().st_size > MAX_CALIBRATION_BYTES:
+                raise CalibrationError(
+                    f"calibration file {path} is larger than {MAX_CALIBRATION_BYTES:,} bytes"
+                )
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise CalibrationError(f"calibration file not found: {path}") from None
+        except RecursionError:
+            raise CalibrationError(f"calibration file {path} is nested too deeply") from None
         except json.JSONDecodeError as exc:
             raise CalibrationError(f"calibration file {path} is not valid JSON: {exc}") from None
         except (UnicodeDecodeError, OSError) as exc:
@@ -488,3 +511,80 @@ class Calibration:
             return cls.from_dict(data)
         except CalibrationError as exc:
             raise CalibrationError(f"{path}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- calibration checks
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise CalibrationError(
+            f"calibration field {where}: must be a JSON object (got {_kind(value)})"
+        )
+    return value
+
+
+def _kind(value: Any) -> str:
+    """Name a rejected JSON value briefly: numbers and literals as JSON, others by kind."""
+    if isinstance(value, bool | int | float) or value is None:
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return "a string" if isinstance(value, str) else type(value).__name__
+
+
+def _finite(value: Any, where: str, low: float | None = None, high: float | None = None) -> float:
+    """A finite JSON number (not a boolean) within ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CalibrationError(
+            f"calibration field {where}: must be a finite number (got {_kind(value)})"
+        )
+    if (low is not None and value < low) or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise CalibrationError(f"calibration field {where}: must be {bound} (got {value!r})")
+    return float(value)
+
+
+def _count(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CalibrationError(
+            f"calibration field {where}: must be an integer >= 1 (got {_kind(value)})"
+        )
+    return value
+
+
+def _numbers(value: Any, where: str) -> dict[str, float]:
+    return {k: _finite(v, f"{where}[{k!r}]") for k, v in _object(value, where).items()}
+
+
+def _strings(value: Any, where: str) -> dict[str, str]:
+    out = _object(value, where)
+    for key, text in out.items():
+        if not isinstance(text, str):
+            raise CalibrationError(
+                f"calibration field {where}[{key!r}]: must be a string (got {_kind(text)})"
+            )
+    return dict(out)
+
+
+def _signal_stats(value: Any, where: str) -> SignalStats:
+    stats = _object(value, where)
+    unknown = sorted(set(stats) - {"mean", "std", "direction", "auroc"})
+    if unknown:
+        raise CalibrationError(f"calibration field {where}: unknown key(s) {unknown}")
+    if "mean" not in stats or "std" not in stats:
+        raise CalibrationError(f"calibration field {where}: needs 'mean' and 'std'")
+    direction = stats.get("direction", 1)
+    if isinstance(direction, bool) or direction not in (-1, 1):
+        raise CalibrationError(
+            f"calibration field {where}.direction: must be 1 or -1 (got {_kind(direction)})"
+        )
+    auroc = stats.get("auroc")
+    return SignalStats(
+        mean=_finite(stats["mean"], f"{where}.mean"),
+        std=_finite(stats["std"], f"{where}.std", 0),
+        direction=int(direction),
+        auroc=None if auroc is None else _finite(auroc, f"{where}.auroc", 0, 1),
+    )

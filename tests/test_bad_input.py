@@ -11,8 +11,11 @@ with the test that proves each (test_config, test_server, test_steering, test_en
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -85,6 +88,33 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("bad-input")
 
 
+def _raw_vector(path: Path, tensor: torch.Tensor, *, identity: str, **meta: Any) -> Path:
+    """A steering file written byte by byte, as a hostile or corrupted one would be."""
+    from safetensors.torch import save_file
+
+    header = {
+        "format": "rankguide-steering-vector",
+        "format_version": 1,
+        "layer": 1,
+        "hidden_size": tensor.numel(),
+        "model_identity": identity,
+        "method": "seal",
+        **meta,
+    }
+    save_file({"vector": tensor}, str(path), metadata={"rankguide_steering": json.dumps(header)})
+    return path
+
+
+def break_chat_template(folder: Path) -> None:
+    """Replace the model folder's chat template with Jinja that does not compile."""
+    broken = "{% for m in messages %}{{ m.content }"
+    (folder / "chat_template.jinja").write_text(broken)
+    settings = folder / "tokenizer_config.json"
+    data = json.loads(settings.read_text())
+    if "chat_template" in data:
+        settings.write_text(json.dumps({**data, "chat_template": broken}))
+
+
 @pytest.fixture(scope="module")
 def files(tiny_pair: tuple[Path, Path], work: Path) -> dict[str, Path]:
     """Bad artefacts next to good ones: vectors, calibrations and model folders."""
@@ -110,6 +140,22 @@ def files(tiny_pair: tuple[Path, Path], work: Path) -> dict[str, Path]:
     out["broken_cal"].write_text('{"version": 1, "models": ')
     out["future_cal"] = work / "future-cal.json"
     out["future_cal"].write_text(json.dumps({**cal.to_dict(), "version": 99}))
+    # S1: json writes NaN as a bare literal that json.loads reads back; a NaN mean made every
+    # score NaN and silently switched routing off.
+    nan_stats = {"mean": float("nan"), "std": 0.5, "direction": 1}
+    out["nan_cal"] = work / "nan-cal.json"
+    out["nan_cal"].write_text(
+        json.dumps({**cal.to_dict(), "models": {}, "signals": {"entropy.first_token": nan_stats}})
+    )
+    out["string_cal"] = work / "string-cal.json"
+    out["string_cal"].write_text(json.dumps({**cal.to_dict(), "models": {}, "threshold": "high"}))
+    # S2: 3e38 is a finite float32, but the vector's norm overflows and the output became padding.
+    out["huge_vector"] = _raw_vector(
+        work / "huge.safetensors", torch.full((32,), 3e38), identity=srm_identity
+    )
+    out["list_samples_vector"] = _raw_vector(
+        work / "list-samples.safetensors", torch.ones(32), identity=srm_identity, samples=[1, 2]
+    )
 
     def model(name: str, mutate: Callable[[Path], None]) -> Path:
         folder = work / f"model-{name}"
@@ -138,12 +184,18 @@ def files(tiny_pair: tuple[Path, Path], work: Path) -> dict[str, Path]:
                 path.unlink()
 
     out["no_tokenizer"] = model("no-tokenizer", drop_tokenizer)
+    out["broken_template"] = model("broken-template", break_chat_template)
     out["not_utf8_yaml"] = work / "latin1.yaml"
     out["not_utf8_yaml"].write_bytes("routing: {policy: 'caf\xe9'}\n".encode("latin-1"))
     return out
 
 
 # --------------------------------------------------------------------------- CLI: config files
+
+# Seven levels of ten aliases each: 10**7 values from 200 bytes ("billion laughs").
+ALIAS_BOMB = "l0: &l0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 7)
+)
 
 CONFIG_CASES: list[tuple[str, str | None, tuple[str, ...]]] = [
     # (id, YAML text or None for "no file", substrings the one error line must contain)
@@ -181,6 +233,30 @@ CONFIG_CASES: list[tuple[str, str | None, tuple[str, ...]]] = [
         "srm: !!python/object/apply:os.system ['echo pwned']\n",
         ("invalid YAML", "python/object"),
     ),
+    # Nesting that blew PyYAML's recursion (RecursionError), and nesting short of that.
+    ("nesting-recursion", "a: " + "[" * 5000 + "]" * 5000 + "\n", ("nesting deeper than 64",)),
+    ("nesting-deep", "a: " + "[" * 100 + "]" * 100 + "\n", ("nesting deeper than 64",)),
+    (
+        "alias-bomb",
+        ALIAS_BOMB,
+        ("more than 1,000,000 values",),
+    ),
+    # Both passed `config validate`, then every run crashed (KeyError, TypeError).
+    (
+        "template-unknown-placeholder",
+        "prompt: {user_template: 'Q: {question} ({topic})'}\n",
+        ("prompt.user_template", "unknown placeholder {topic}"),
+    ),
+    (
+        "template-lone-brace",
+        "prompt: {user_template: '{question} {'}\n",
+        ("prompt.user_template", "not a valid template"),
+    ),
+    (
+        "template-kwargs-reserved",
+        "prompt: {chat_template_kwargs: {tokenize: false}}\n",
+        ("prompt.chat_template_kwargs", "may not set 'tokenize'"),
+    ),
 ]
 
 
@@ -206,6 +282,53 @@ def test_cli_config_path_is_a_directory_or_not_utf8(
     assert_one_line_error(
         *cli(capsys, "config", "validate", str(files["not_utf8_yaml"]))[::2],
         "cannot read config file",
+    )
+
+
+def test_cli_config_path_that_is_not_a_small_regular_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """/dev/zero read without end, a FIFO hung: both are refused before they are opened."""
+    if Path("/dev/zero").exists():
+        assert_one_line_error(
+            *cli(capsys, "config", "validate", "/dev/zero")[::2], "not a regular file"
+        )
+    big = tmp_path / "big.yaml"
+    big.write_text("# padding\n" * 200_000)
+    assert_one_line_error(
+        *cli(capsys, "config", "validate", str(big))[::2], "more than a config file may hold"
+    )
+    if not hasattr(os, "mkfifo"):
+        return
+    fifo = tmp_path / "cfg.fifo"
+    os.mkfifo(fifo)
+    # A real process with a deadline: a regression hangs in open(), not in this test run.
+    done = subprocess.run(
+        rankguide_command("config", "validate", str(fifo)),
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=120,
+    )
+    assert_one_line_error(done.returncode, done.stderr, "not a regular file")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA")
+def test_cli_device_this_torch_lacks(
+    capsys: pytest.CaptureFixture[str], tiny_pair: tuple[Path, Path], work: Path
+) -> None:
+    """``srm.device: cuda`` on a CPU-only torch: refused by `config validate` (naming the field)
+    and by a run before any weights are read (it was an AssertionError traceback)."""
+    config = write_config(work / "cuda.yaml", tiny_data(tiny_pair, srm={"device": "cuda"}))
+    assert_one_line_error(
+        *cli(capsys, "config", "validate", str(config))[::2],
+        "srm.device: 'cuda' cannot be used",
+        "CUDA is not available",
+    )
+    assert_one_line_error(
+        *cli(capsys, "run", "--config", str(config), "--json", "go")[::2],
+        "on device 'cuda'",
+        "CUDA is not available",
     )
 
 
@@ -265,6 +388,29 @@ def _run_case(
             ),
             ("calibration version 99 is not supported",),
         ),
+        "calibration-nan-mean": (
+            tiny_data(
+                tiny_pair, routing={"policy": "rankguide", "calibration": str(files["nan_cal"])}
+            ),
+            ("nan-cal.json", "signals['entropy.first_token'].mean", "finite number (got NaN)"),
+        ),
+        "calibration-wrong-type": (
+            tiny_data(
+                tiny_pair, routing={"policy": "rankguide", "calibration": str(files["string_cal"])}
+            ),
+            ("string-cal.json", "threshold: must be a finite number (got a string)"),
+        ),
+        "vector-overflowing": (
+            tiny_data(tiny_pair, steering={"enabled": True, "vector": str(files["huge_vector"])}),
+            ("huge.safetensors", "above the bound"),
+        ),
+        "vector-metadata-wrong-type": (
+            tiny_data(
+                tiny_pair,
+                steering={"enabled": True, "vector": str(files["list_samples_vector"])},
+            ),
+            ("list-samples.safetensors", "field 'samples' must be an object of counts"),
+        ),
     }
     for key, needle in (
         ("no_config", "has no config.json"),
@@ -274,6 +420,7 @@ def _run_case(
         ("corrupt_weights", "cannot load model"),
         ("no_weights", "cannot load model"),
         ("no_tokenizer", "cannot load model"),
+        ("broken_template", "chat template is not valid Jinja"),
     ):
         cases[f"model-{key.replace('_', '-')}"] = (
             tiny_data(tiny_pair, srm={"model": str(files[key])}),
@@ -290,6 +437,10 @@ RUN_CASES = [
     "calibration-of-another-model",
     "calibration-not-json",
     "calibration-unknown-version",
+    "calibration-nan-mean",
+    "calibration-wrong-type",
+    "vector-overflowing",
+    "vector-metadata-wrong-type",
     "model-no-config",
     "model-broken-config",
     "model-list-config",
@@ -297,6 +448,7 @@ RUN_CASES = [
     "model-corrupt-weights",
     "model-no-weights",
     "model-no-tokenizer",
+    "model-broken-template",
 ]
 
 
@@ -377,6 +529,20 @@ def test_cli_control_characters_are_just_text(
         (("steer", "show", "/no/such/vector.safetensors"), ("not found",)),
         (("calibrate", "--n", "0", "--out", "x.json"), ("--n must be >= 1",)),
         (("nonsense-command",), ("invalid choice: 'nonsense-command'",)),
+        (("serve", "--port", "70000"), ("--port", "0..65535")),
+        (("serve", "--port", "-1"), ("--port", "0..65535")),
+        (("serve", "--log-level", "bogus"), ("--log-level", "invalid choice: 'bogus'")),
+        (("serve", "--timeout", "nan"), ("--timeout", "finite number of seconds > 0")),
+        (("serve", "--timeout", "0"), ("--timeout", "finite number of seconds > 0")),
+        (("serve", "--timeout=-5"), ("--timeout", "finite number of seconds > 0")),
+        (
+            ("calibrate", "--out", "/no/such/dir/cal.json"),
+            ("--out", "directory does not exist: /no/such/dir"),
+        ),
+        (
+            ("calibrate", "--out", "cal.json", "--report", "/no/such/dir/r.json"),
+            ("--report", "directory does not exist"),
+        ),
     ],
     ids=[
         "threshold-not-a-number",
@@ -390,6 +556,14 @@ def test_cli_control_characters_are_just_text(
         "steer-show-missing",
         "calibrate-n-zero",
         "unknown-command",
+        "serve-port-above-65535",
+        "serve-port-negative",
+        "serve-log-level-unknown",
+        "serve-timeout-nan",
+        "serve-timeout-zero",
+        "serve-timeout-negative",
+        "calibrate-out-dir-missing",
+        "calibrate-report-dir-missing",
     ],
 )
 def test_cli_bad_flags(
@@ -410,6 +584,97 @@ def test_cli_bad_flags(
         assert all(n in last for n in needles), err
     else:
         assert_one_line_error(code, err, *needles)
+
+
+def test_cli_output_paths_are_checked_before_the_work(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A path found unwritable after an hour of calibration loses the result: every output is
+    checked first. Nothing here may load a model (the checks come before)."""
+    import langchain_rankguide.pipeline as pipeline_module
+
+    def no_models(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("a model was loaded before the output path was checked")
+
+    monkeypatch.setattr(pipeline_module, "RankGuidePipeline", no_models)
+    existing = tmp_path / "existing.txt"
+    existing.write_text("keep me")
+    assert_one_line_error(
+        *cli(capsys, "bench", "--n", "1", "--out", str(existing))[::2],
+        "--out",
+        "exists and is not a directory",
+    )
+    assert existing.read_text() == "keep me"
+    assert_one_line_error(
+        *cli(capsys, "bench", "--n", "1", "--out", str(existing / "sub"))[::2],
+        "is a file, not a directory",
+    )
+    assert_one_line_error(
+        *cli(capsys, "calibrate", "--out", str(tmp_path))[::2], "--out", "is a directory"
+    )
+    assert_one_line_error(
+        *cli(capsys, "steer", "extract", "--out", str(tmp_path))[::2], "--out", "is a directory"
+    )
+
+
+def test_cli_serve_on_a_busy_port_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """uvicorn loaded every model, then exited 3 with its own line; now: exit 2 before loading."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        missing = tmp_path / "never-read.yaml"  # the port is checked before the config is read
+        code, _, err = cli(capsys, "serve", "--config", str(missing), "--port", str(port))
+    assert_one_line_error(code, err, f"127.0.0.1:{port}", "another process is listening")
+
+
+def test_cli_bench_with_a_remote_lrm_writes_its_summary(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_pair: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    """A remote LRM has no dtype: the bench failed with AttributeError after every problem ran,
+    writing no summary. Without matplotlib, its hint keeps the brackets of ``[bench]``."""
+    from remote_servers import FakeServer
+
+    server = FakeServer("bench-remote").start()
+    try:
+        lrm = {
+            "provider": "openai_compatible",
+            "base_url": server.url,
+            "model": "lrm",
+            "tokenizer": str(tiny_pair[1]),
+            "retries": {"max_attempts": 1},
+        }
+        config = write_config(tmp_path / "remote.yaml", {**tiny_data(tiny_pair), "lrm": lrm})
+        monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
+        out = tmp_path / "bench"
+        argv = ["--config", str(config), "--n", "1", "--policies", "srm,lrm", "--warmup", "0"]
+        code, _, err = cli(capsys, "bench", *argv, "--out", str(out))
+    finally:
+        server.stop()
+    assert code == 0, err
+    assert server.count > 0, "the LRM steps went to the server"
+    machine = json.loads((out / "summary.json").read_text())["machine"]
+    assert machine["lrm"]["provider"] == "openai_compatible" and "dtype" not in machine["lrm"]
+    assert "pip install 'langchain-rankguide[bench]'" in " ".join(err.split())
+
+
+@pytest.mark.xfail(
+    reason="commands/run.py opens SQLite lazily; the first query raises DatabaseError "
+    "(fixed where the run command's checkpointer is rewritten)",
+    strict=False,
+)
+def test_cli_garbage_checkpoint_file_is_one_line(
+    capsys: pytest.CaptureFixture[str], tiny_yaml: Path, tmp_path: Path
+) -> None:
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(bytes(range(256)) * 16)
+    argv = ("run", "--config", str(tiny_yaml), "--checkpoint", str(garbage), "--json", "go")
+    assert_one_line_error(*cli(capsys, *argv)[::2], "cannot open checkpoint database")
 
 
 # --------------------------------------------------------------------------- Python API
@@ -492,6 +757,59 @@ def test_api_typed_errors_for_models_vectors_and_calibrations(
         ).invoke({"question": "go"})
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(files["broken_cal"].with_name("nope.yaml"))
+
+
+def test_api_calibration_and_steering_files_are_validated_on_load(
+    tiny_pair: tuple[Path, Path], files: dict[str, Path]
+) -> None:
+    """S1 and S2: a NaN calibration and an overflowing vector are refused where they are read,
+    naming the file and the field; so is a steering delta that overflows the model's dtype."""
+    from langchain_rankguide.steering.hook import Delta
+
+    with pytest.raises(CalibrationError, match=r"nan-cal\.json: .*\.mean: must be a finite"):
+        Calibration.load(files["nan_cal"])
+    with pytest.raises(CalibrationError, match="threshold: must be a finite number"):
+        Calibration.load(files["string_cal"])
+    with pytest.raises(SteeringError, match=r"huge\.safetensors: vector norm .* above the bound"):
+        SteeringVector.load(files["huge_vector"])
+    with pytest.raises(SteeringError, match="'samples' must be an object of counts"):
+        SteeringVector.load(files["list_samples_vector"])
+    with pytest.raises(SteeringError, match="above the bound"):
+        SteeringVector(torch.full((32,), 1e30), layer=1)
+    with pytest.raises(SteeringError, match="overflows float32"):
+        Delta(torch.ones(32), 1e38 * 10)
+    with pytest.raises(SteeringError, match=r"overflows the model's torch\.float16"):
+        Delta(torch.full((32,), 1e4), 10.0).to(torch.zeros(1, 32, dtype=torch.float16))
+    with pytest.raises(ModelLoadError, match="chat template is not valid Jinja"):
+        load_model(str(files["broken_template"]))
+
+
+def test_api_calibration_and_steering_files_of_hostile_shape(tmp_path: Path) -> None:
+    """Nesting that exhausts the JSON parser's recursion, and files that never end or hang."""
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CalibrationError, match="nested too deeply"):
+        Calibration.load(deep)
+    if Path("/dev/zero").exists():
+        with pytest.raises(CalibrationError, match="not a regular file"):
+            Calibration.load("/dev/zero")
+    if hasattr(os, "mkfifo"):
+        fifo = tmp_path / "cal.fifo"
+        os.mkfifo(fifo)
+        with pytest.raises(CalibrationError, match="not a regular file"):
+            Calibration.load(fifo)
+    from safetensors.torch import save_file
+
+    vector = tmp_path / "deep.safetensors"
+    nested = "[" * 10**5 + "]" * 10**5
+    save_file({"vector": torch.ones(4)}, str(vector), metadata={"rankguide_steering": nested})
+    with pytest.raises(SteeringError, match="nested too deeply"):
+        SteeringVector.load(vector)
+    nan_meta = _raw_vector(
+        tmp_path / "nan.safetensors", torch.ones(4), identity="x", extra={"k": float("nan")}
+    )
+    with pytest.raises(SteeringError, match="non-finite number"):
+        SteeringVector.load(nan_meta)
 
 
 def test_engine_refuses_a_prompt_longer_than_the_window(tiny_pair: tuple[Path, Path]) -> None:

@@ -4,6 +4,8 @@
   (``schemas.SIGNALS[name].value_range``) or ``None`` with a reason -- never NaN, never a raise.
 * Configuration: arbitrary YAML-ish data (and arbitrary text) gives a ``RankGuideConfig`` or one
   ``ConfigError`` line -- never another exception.
+* Calibration and steering files: arbitrary JSON in any field gives a calibration / vector
+  whose numbers are all finite, or one ``CalibrationError`` / ``SteeringError`` line.
 * Server: arbitrary JSON bodies give a 2xx or a 4xx with an OpenAI-style error -- never a 5xx.
 """
 
@@ -175,6 +177,116 @@ def test_config_loader_survives_arbitrary_text(text: str, tmp_path: Path) -> Non
     path = tmp_path / "fuzz.yaml"
     path.write_text(text, encoding="utf-8")
     _check_config(lambda: load_config(path))
+
+
+# --------------------------------------------------------------------------- calibration, steering
+
+ANY_JSON = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**20), 10**20),
+        st.floats(),  # NaN and infinities included: json.loads accepts them
+        st.text(max_size=8),
+    ),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+GOOD_CALIBRATION: dict[str, Any] = {
+    "version": 1,
+    "models": {"srm": "s", "lrm": "l"},
+    "signals": {"entropy.first_token": {"mean": 1.0, "std": 0.5, "direction": 1, "auroc": 0.7}},
+    "weights": {"entropy.first_token": 1.0},
+    "threshold": 0.5,
+    "bias": 0.0,
+    "target_escalation_rate": 0.25,
+    "reflection_streak": 3,
+    "failure_thresholds": {"uncertainty_entropy": 0.4},
+    "policy_thresholds": {"entropy": 0.4},
+}
+CALIBRATION_FIELDS = [
+    ("models",),
+    ("models", "srm"),
+    ("signals",),
+    ("signals", "entropy.first_token"),
+    *[("signals", "entropy.first_token", k) for k in ("mean", "std", "direction", "auroc")],
+    ("weights",),
+    ("weights", "entropy.first_token"),
+    *[(k,) for k in ("threshold", "bias", "target_escalation_rate", "reflection_streak")],
+    ("failure_thresholds",),
+    ("policy_thresholds", "entropy"),
+]
+
+
+def _replaced(data: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    out = json.loads(json.dumps(data))
+    node = out
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return out
+
+
+@FUZZ
+@given(path=st.sampled_from(CALIBRATION_FIELDS), value=ANY_JSON)
+def test_calibration_file_gives_finite_numbers_or_one_error(
+    path: tuple[str, ...], value: Any, tmp_path: Path
+) -> None:
+    from langchain_rankguide.errors import CalibrationError
+    from langchain_rankguide.schemas import Calibration
+
+    file = tmp_path / "cal.json"
+    file.write_text(json.dumps(_replaced(GOOD_CALIBRATION, path, value)))
+    try:
+        cal = Calibration.load(file)
+    except CalibrationError as exc:
+        assert str(exc).startswith(str(file)) and "\n" not in str(exc)
+        return
+    numbers = [cal.threshold, cal.bias, *cal.weights.values(), *cal.policy_thresholds.values()]
+    numbers += [v for s in cal.signals.values() for v in (s.mean, s.std, s.direction)]
+    assert all(isinstance(v, float | int) and math.isfinite(v) for v in numbers)
+    assert math.isfinite(cal.score({"entropy.first_token": 1.5}) or 0.0)
+
+
+STEERING_FIELDS = [
+    "layer",
+    "model_identity",
+    "num_layers",
+    "method",
+    "filter",
+    "samples",
+    "sign_convention",
+    "created",
+    "extra",
+    "norm",
+    "hidden_size",
+]
+
+
+@FUZZ
+@given(field=st.sampled_from(STEERING_FIELDS), value=ANY_JSON, magnitude=st.floats(0, 3e38))
+def test_steering_file_gives_a_bounded_vector_or_one_error(
+    field: str, value: Any, magnitude: float, tmp_path: Path
+) -> None:
+    from safetensors.torch import save_file
+
+    from langchain_rankguide.steering import SteeringError, SteeringVector
+    from langchain_rankguide.steering.vector import MAX_NORM
+
+    meta = {"format": "rankguide-steering-vector", "format_version": 1, "layer": 1}
+    meta |= {"hidden_size": 4, field: value}
+    file = tmp_path / "v.safetensors"
+    tensor = torch.full((4,), magnitude, dtype=torch.float32)
+    save_file({"vector": tensor}, str(file), metadata={"rankguide_steering": json.dumps(meta)})
+    try:
+        vector = SteeringVector.load(file)
+    except SteeringError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert 0 <= vector.norm <= MAX_NORM
+    json.dumps(vector.metadata(), allow_nan=False)  # what `steer show` prints
 
 
 # --------------------------------------------------------------------------- server

@@ -99,7 +99,11 @@ def machine_info(pipeline: Any = None, device: str | None = None) -> dict[str, A
                 identity = getattr(pipeline, f"{role}_identity")
             except Exception as exc:  # a model that is missing still leaves the rest worth saying
                 identity = f"unavailable: {exc}"
-            info[role] = {"model": identity, "dtype": getattr(cfg, role).dtype}
+            section = getattr(cfg, role)
+            if getattr(section, "provider", "hf_local") == "hf_local":
+                info[role] = {"model": identity, "dtype": section.dtype}
+            else:  # a remote LRM: its dtype is the server's business
+                info[role] = {"model": identity, "provider": section.provider}
         info["device"] = device or cfg.srm.device
     elif device:
         info["device"] = device

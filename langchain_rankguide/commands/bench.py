@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from langchain_rankguide.commands.outputs import check_output_dir
 from langchain_rankguide.errors import RankGuideError
 
 
@@ -78,7 +79,9 @@ def _load(args: argparse.Namespace, **extra: Any) -> Any:
     overrides: dict[str, Any] = dict(extra)
     if args.device:
         overrides["srm.device"] = args.device
-        overrides["lrm.device"] = args.device
+        # A remote LRM runs where its server runs; only a local one moves.
+        if load_config(args.config, overrides=overrides).lrm.provider == "hf_local":
+            overrides["lrm.device"] = args.device
     return load_config(args.config, overrides=overrides)
 
 
@@ -88,9 +91,11 @@ def bench_command(args: argparse.Namespace) -> int:
         args.n = 5 if args.perf else 100
     if args.n < 1:
         raise RankGuideError("--n must be >= 1")
+    check_output_dir(args.out, "--out")  # before any problem runs, not when writing the results
     if args.perf:
         return _perf(args)
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -137,7 +142,7 @@ def bench_command(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     plan = plan_points(pipeline, task, settings)
     for note in plan.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {escape(note)}")
     machine_file = out / "machine.json"
     if args.report_only:
         records = read_records(results)
@@ -183,9 +188,9 @@ def bench_command(args: argparse.Namespace) -> int:
     if "pareto" not in paths:
         console.print(
             "[yellow]note:[/] pareto.png not drawn: matplotlib is missing "
-            "(pip install 'langchain-rankguide[bench]')"
+            + escape("(pip install 'langchain-rankguide[bench]')")
         )
-    console.print("wrote " + ", ".join(str(p) for p in [results, *paths.values()]))
+    console.print(escape("wrote " + ", ".join(str(p) for p in [results, *paths.values()])))
     return 0
 
 
@@ -242,6 +247,6 @@ def _perf(args: argparse.Namespace) -> int:
     with console.status("measuring the engine against the raw model") as status:
         result = run_perf(config, settings, log=lambda msg: status.update(msg))
     paths = write_perf(result, Path(args.out))
-    Console().print(perf_markdown(result))
-    console.print("wrote " + ", ".join(str(p) for p in paths))
+    Console().print(perf_markdown(result), markup=False)
+    console.print("wrote " + ", ".join(str(p) for p in paths), markup=False)
     return 0

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from langchain_rankguide.commands.outputs import check_output_file
 from langchain_rankguide.errors import RankGuideError
 
 
@@ -78,6 +79,11 @@ def calibrate_command(args: argparse.Namespace) -> int:
 
     if args.n < 1 or not 0 < args.target_rate < 1:
         raise RankGuideError("--n must be >= 1 and --target-rate in (0, 1)")
+    # Before any model runs: a path found unwritable afterwards loses the whole calibration.
+    check_output_file(args.out, "--out")
+    for flag, path in (("--report", args.report), ("--plot", args.plot)):
+        if path:
+            check_output_file(path, flag)
     from langchain_rankguide.schemas import SIGNALS
 
     extra = [n.strip() for n in args.combine.split(",") if n.strip()]
@@ -149,12 +155,13 @@ def calibrate_command(args: argparse.Namespace) -> int:
     out.print(
         f"rankguide: weights {cal.weights}, bias {cal.bias:.3f}, threshold {cal.threshold:.3f} "
         f"(escalates {report.fitted_escalation_rate:.1%} of calibration steps); "
-        f"rank signal {report.chosen_rank_signal}; written to {args.out}"
+        f"rank signal {report.chosen_rank_signal}; written to {args.out}",
+        markup=False,
     )
-    out.print(f"policy score AUROCs on the calibration steps (in-sample): {aurocs}")
+    out.print(f"policy score AUROCs on the calibration steps (in-sample): {aurocs}", markup=False)
     if args.plot:
         if plot_distributions(steps, report.signals, args.plot):
-            out.print(f"signal distributions drawn to {args.plot}")
+            out.print(f"signal distributions drawn to {args.plot}", markup=False)
         else:
             console.print("[yellow]note:[/] no plot: matplotlib is missing")
     if args.report:

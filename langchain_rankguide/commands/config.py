@@ -34,7 +34,10 @@ def register(subparsers: Any) -> None:
     validate = sub.add_parser(
         "validate",
         help="check a configuration file",
-        description="Check a YAML configuration file: exit 0 if valid, 2 with one error line.",
+        description=(
+            "Check a YAML configuration file, and that this machine has the devices it names: "
+            "exit 0 if valid, 2 with one error line."
+        ),
     )
     validate.add_argument("path", metavar="PATH", help="the YAML file to check")
     validate.add_argument(
@@ -82,9 +85,10 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from langchain_rankguide.config import load_config
+    from langchain_rankguide.config import check_environment, load_config
 
     config = load_config(args.path)
+    check_environment(config, source=args.path)
     if args.show:
         sys.stdout.write(config.to_yaml())
     else:

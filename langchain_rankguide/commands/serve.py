@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import math
 import os
+import socket
 from typing import Any
 
 from langchain_rankguide.errors import RankGuideError
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+"""uvicorn's log levels."""
 
 
 def register(subparsers: Any) -> None:
@@ -22,7 +28,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--config", help="YAML configuration (default: the embedded demo)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
-    parser.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
+    parser.add_argument("--port", type=port_number, default=8000, help="port (0 picks a free one)")
     parser.add_argument(
         "--api-key-env",
         metavar="NAME",
@@ -37,10 +43,63 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max-tokens", type=int, default=4096, help="largest max_tokens accepted")
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body")
     parser.add_argument(
-        "--timeout", type=float, default=300.0, help="per-request deadline in seconds"
+        "--timeout", type=positive_seconds, default=300.0, help="per-request deadline in seconds"
     )
-    parser.add_argument("--log-level", default="warning", help="uvicorn log level")
+    parser.add_argument(
+        "--log-level", default="warning", choices=LOG_LEVELS, help="uvicorn log level"
+    )
     parser.set_defaults(handler=serve_command)
+
+
+def port_number(text: str) -> int:
+    """``--port``: an integer in 0..65535 (argparse type)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 0..65535 (got {port})")
+    return port
+
+
+def positive_seconds(text: str) -> float:
+    """``--timeout``: a finite number of seconds above 0 (argparse type)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0 (got {text!r})")
+    return seconds
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on, before any model loads.
+
+    uvicorn would otherwise load every model, then fail to bind and exit 3 with its own line.
+    The probe binds as uvicorn does (``SO_REUSEADDR``), so a port in ``TIME_WAIT`` still passes.
+
+    Raises:
+        RankGuideError: the address cannot be bound, with the reason.
+    """
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise RankGuideError(f"--host {host}: cannot resolve the address: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            why = (
+                "another process is listening there"
+                if exc.errno == errno.EADDRINUSE
+                else exc.strerror
+            )
+            raise RankGuideError(f"cannot serve on {host}:{port}: {why}") from None
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -60,6 +119,7 @@ def serve_command(args: argparse.Namespace) -> int:
     for name in ("max_concurrency", "max_queue", "max_tokens", "max_body_bytes"):
         if getattr(args, name) < 1:
             raise RankGuideError(f"--{name.replace('_', '-')} must be >= 1")
+    check_port_free(args.host, args.port)
     limits = ServerLimits(
         max_body_bytes=args.max_body_bytes,
         max_tokens=args.max_tokens,

@@ -134,6 +134,7 @@ def control_paths(out: Path) -> dict[str, Path]:
 
 
 def _extract(args: argparse.Namespace) -> int:
+    from langchain_rankguide.commands.outputs import check_output_dir
     from langchain_rankguide.config import load_config
     from langchain_rankguide.demo.task import make_problems, verify_steps
     from langchain_rankguide.lrm import render_prompt
@@ -148,6 +149,10 @@ def _extract(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise SteeringError("--n must be >= 1")
+    out = Path(args.out).expanduser()
+    if out.is_dir():  # checked before the SRM runs, not when the vectors are saved
+        raise SteeringError(f"--out {out} is a directory; pass a file name")
+    check_output_dir(out.parent, "--out")
     overrides = {"srm.model": args.model} if args.model else None
     config = load_config(args.config, overrides=overrides)
     pipeline = RankGuidePipeline(config)

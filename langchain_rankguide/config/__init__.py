@@ -15,6 +15,7 @@ names the file, each bad field path and the problem, e.g.
 
 from __future__ import annotations
 
+from langchain_rankguide.config.environment import check_environment
 from langchain_rankguide.config.loader import (
     DEFAULT_CONFIG_RESOURCE,
     DOCS_MARKER,
@@ -69,6 +70,7 @@ __all__ = [
     "SteeringConfig",
     "StepsConfig",
     "TimeoutsConfig",
+    "check_environment",
     "config_json_schema",
     "config_json_schema_text",
     "config_reference_markdown",

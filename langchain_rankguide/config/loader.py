@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Hashable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -20,6 +21,15 @@ DEFAULT_CONFIG_RESOURCE = "defaults/demo.yaml"
 
 DOCS_MARKER = "<!-- generated reference below: `rankguide config docs`; do not edit by hand -->"
 """Line in ``docs/configuration.md`` after which the generated reference starts."""
+
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest configuration file read (1 MiB); a real one is a few kilobytes."""
+
+MAX_NESTING = 64
+"""Deepest nesting of mappings and lists accepted in a configuration file."""
+
+MAX_VALUES = 1_000_000
+"""Most values (scalars, mappings, lists, aliases counted each time they are used) in a file."""
 
 _MODEL_PATHS = {("srm", "model"), ("lrm", "model"), ("lrm", "tokenizer")}
 _FILE_PATHS = {("routing", "calibration"), ("steering", "vector"), ("checkpoint", "sqlite_path")}
@@ -71,6 +81,9 @@ def parse_yaml(text: str, source: str) -> Any:
     """
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except RecursionError:
+        # PyYAML composes nested collections recursively; a few hundred levels exhaust the stack.
+        raise ConfigError(f"{source}: nesting deeper than {MAX_NESTING} levels") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -80,7 +93,36 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
     except yaml.YAMLError as exc:  # e.g. a control character the reader refuses
         raise ConfigError(f"{source}: invalid YAML: {' '.join(str(exc).split())}") from None
+    check_shape(data, source)
     return {} if data is None else data
+
+
+def check_shape(data: Any, source: str) -> None:
+    """Refuse data nested deeper than :data:`MAX_NESTING` or holding over :data:`MAX_VALUES` values.
+
+    The walk is iterative and counts a value reached through several YAML aliases each time, so
+    an alias bomb ("billion laughs") is refused after a bounded amount of work, before
+    validation or rendering walks it.
+
+    Raises:
+        ConfigError: naming ``source`` and the bound exceeded.
+    """
+    pending: list[tuple[Any, int]] = [(data, 0)]
+    seen = 0
+    while pending:
+        value, depth = pending.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise ConfigError(f"{source}: more than {MAX_VALUES:,} values (repeated YAML aliases?)")
+        if isinstance(value, Mapping):
+            children: Any = [*value.keys(), *value.values()]
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth >= MAX_NESTING:
+            raise ConfigError(f"{source}: nesting deeper than {MAX_NESTING} levels")
+        pending.extend((child, depth + 1) for child in children)
 
 
 def _expand_dotted(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -181,6 +223,42 @@ def parse_config(
     return RankGuideConfig.model_validate(dict(data), context=context)
 
 
+def read_config_text(file: Path, source: str) -> str:
+    """Read a configuration file's text, refusing anything but a small regular file.
+
+    Devices (``/dev/zero``), FIFOs and sockets are refused before they are opened, so reading
+    neither hangs nor runs without end; a file over :data:`MAX_CONFIG_BYTES` is refused, and at
+    most that many bytes are ever read (a file growing meanwhile changes nothing).
+
+    Raises:
+        ConfigError: the file is missing, not a regular file, too large, unreadable or not UTF-8.
+    """
+    try:
+        info = file.stat()
+    except FileNotFoundError:
+        shown = str(file) if file.is_absolute() else f"{file} (looked in {file.absolute()})"
+        raise ConfigError(f"config file not found: {shown}") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read config file: {exc}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{source}: is a directory, not a config file")
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"{source}: not a regular file (a device, FIFO or socket)")
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{source}: {info.st_size:,} bytes, more than a config file may hold "
+            f"({MAX_CONFIG_BYTES:,})"
+        )
+    try:
+        with file.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{source}: more than a config file may hold ({MAX_CONFIG_BYTES:,})")
+        return raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read config file: {exc}") from None
+
+
 def default_yaml_text() -> str:
     """Return the text of the embedded default configuration (``defaults/demo.yaml``)."""
     return (
@@ -213,15 +291,7 @@ def load_config(
     else:
         file = Path(path).expanduser()
         source = str(path)
-        if not file.exists():
-            shown = str(file) if file.is_absolute() else f"{file} (looked in {file.absolute()})"
-            raise ConfigError(f"config file not found: {shown}")
-        if file.is_dir():
-            raise ConfigError(f"{source}: is a directory, not a config file")
-        try:
-            text = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{source}: cannot read config file: {exc}") from None
+        text = read_config_text(file, source)
         base_dir = file.absolute().parent
     data = parse_yaml(text, source)
     if overrides:

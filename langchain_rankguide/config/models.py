@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import string
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -48,6 +49,27 @@ DEMO_CALIBRATION = "demo"
 
 DEMO_TASK = "langchain_rankguide.demo:DemoTask"
 """``task`` value naming the demo's arithmetic task (grades demo questions, no others)."""
+
+RESERVED_TEMPLATE_KWARGS = frozenset(
+    {
+        "conversation",
+        "messages",
+        "chat_template",
+        "tokenize",
+        "add_generation_prompt",
+        "continue_final_message",
+        "padding",
+        "truncation",
+        "max_length",
+        "return_tensors",
+        "return_dict",
+        "return_assistant_tokens_mask",
+        "tokenizer_kwargs",
+    }
+)
+"""``apply_chat_template`` arguments (and the template's ``messages`` variable) that
+``prompt.chat_template_kwargs`` may not set: RankGuide passes them itself, so a second value
+would fail every run with a ``TypeError``."""
 
 _DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+|mps|auto)$")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
@@ -140,6 +162,28 @@ def _check_nonempty_strings(values: list[str] | None) -> list[str] | None:
     if values is not None and any(not v for v in values):
         fail("entries must be non-empty strings")
     return values
+
+
+def _check_user_template(value: str) -> str:
+    """Accept a ``str.format`` template whose only placeholder is ``{question}``."""
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+    except ValueError as exc:  # a lone "{" or "}"
+        fail(f"is not a valid template: {exc} (write '{{{{' and '}}}}' for literal braces)")
+    unknown = sorted({name for name in names if name != "question"})
+    if unknown:
+        shown = ", ".join("{" + name + "}" for name in unknown)
+        fail(
+            f"unknown placeholder {shown}; only {{question}} is filled in "
+            "(write '{{' and '}}' for literal braces)"
+        )
+    if not names:
+        fail("must contain the placeholder '{question}'")
+    try:  # conversions and format specs ("{question:d}") fail only when formatted
+        value.format(question="question")
+    except (ValueError, TypeError) as exc:
+        fail(f"is not a valid template: {exc}")
+    return value
 
 
 class _Section(BaseModel):
@@ -444,8 +488,17 @@ class PromptConfig(_Section):
     @field_validator("user_template")
     @classmethod
     def _check_template(cls, value: str) -> str:
-        if "{question}" not in value:
-            fail("must contain the placeholder '{question}'")
+        return _check_user_template(value)
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _check_template_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        reserved = sorted(set(value) & RESERVED_TEMPLATE_KWARGS)
+        if reserved:
+            fail(
+                f"may not set {', '.join(repr(k) for k in reserved)}: RankGuide passes these to "
+                "apply_chat_template itself"
+            )
         return value
 
 

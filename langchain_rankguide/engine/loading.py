@@ -102,6 +102,25 @@ def resolve_model_source(spec: str) -> tuple[str, str]:
     return spec, spec
 
 
+def device_problem(device: str) -> str | None:
+    """Say why ``device`` cannot run a model in this process, or ``None`` when it can.
+
+    Args:
+        device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (always available).
+    """
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            built = "built without CUDA" if torch.version.cuda is None else "sees no CUDA device"
+            return f"CUDA is not available (torch {torch.__version__} {built})"
+        count = torch.cuda.device_count()
+        if index.isdigit() and int(index) >= count:
+            return f"there is no {device} (this machine has {count} CUDA device(s))"
+    if kind == "mps" and not torch.backends.mps.is_available():
+        return "MPS is not available on this machine"
+    return None
+
+
 def load_model(
     spec: str,
     *,
@@ -133,6 +152,9 @@ def load_model(
         raise ModelLoadError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(_DTYPES)}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    problem = device_problem(device)
+    if problem:  # before any weights are read
+        raise ModelLoadError(f"cannot load model {spec!r} on device {device!r}: {problem}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source, local_files_only=True, trust_remote_code=trust_remote_code
@@ -150,6 +172,7 @@ def load_model(
         why = " ".join(str(exc).split()) or type(exc).__name__
         why = why if len(why) <= 300 else why[:297] + "..."
         raise ModelLoadError(f"cannot load model {spec!r}{hint}: {why}") from None
+    _check_chat_template(tokenizer, spec)
     model = model.to(device)  # type: ignore[arg-type]
     model.eval()
     config = model.config
@@ -163,6 +186,30 @@ def load_model(
         hidden_size=int(text_config.hidden_size),
         context_length=_context_length(text_config),
     )
+
+
+def _check_chat_template(tokenizer: Any, spec: str) -> None:
+    """Compile the tokenizer's chat template(s) now, so a broken one fails the load, not a run."""
+    try:
+        from jinja2 import TemplateError
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+    except ImportError:  # pragma: no cover - transformers moved its private helper
+        return
+    templates = getattr(tokenizer, "chat_template", None)
+    named = templates if isinstance(templates, dict) else {"": templates}
+    for name, template in named.items():
+        if not isinstance(template, str):
+            continue
+        try:
+            _compile_jinja_template(template)
+        except TemplateError as exc:
+            line = getattr(exc, "lineno", None)
+            where = f" (line {line})" if line else ""
+            which = f"chat template {name!r}" if name else "chat template"
+            why = " ".join(str(exc).split())
+            raise ModelLoadError(
+                f"model {spec!r}: its {which} is not valid Jinja{where}: {why}"
+            ) from None
 
 
 def _context_length(config: Any) -> int | None:

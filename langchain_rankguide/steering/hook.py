@@ -31,15 +31,27 @@ class Delta:
         # Scale in float32 before any cast, so every dtype gets the same rounded direction.
         self._base = vector * float(scale)
         self._cast: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        if not bool(torch.isfinite(self._base).all()):
+            raise SteeringError(f"steering scale {scale!r} times the vector overflows float32")
 
     def to(self, like: torch.Tensor) -> torch.Tensor:
-        """The delta on ``like``'s device and in its dtype."""
+        """The delta on ``like``'s device and in its dtype.
+
+        Raises:
+            SteeringError: the delta does not fit ``like``'s dtype (a large vector or scale
+                on a float16 model), which would turn the stream into infinities.
+        """
         key = (like.device, like.dtype)
         if key not in self._cast:
             # The first cast may happen under the engine's inference mode; a cached inference
             # tensor would then break a later steer() call that runs with autograd.
             with torch.inference_mode(False):
-                self._cast[key] = self._base.to(device=like.device, dtype=like.dtype)
+                cast = self._base.to(device=like.device, dtype=like.dtype)
+            if like.dtype.is_floating_point and not bool(torch.isfinite(cast).all()):
+                raise SteeringError(
+                    f"the steering delta (vector times scale) overflows the model's {like.dtype}"
+                )
+            self._cast[key] = cast
         return self._cast[key]
 
 

@@ -37,6 +37,11 @@ SIGN_CONVENTION = "mean(execution) - mean(reflection + transition)"
 """The sign of every vector this package extracts: a positive scale pushes the residual stream
 toward execution thoughts and away from reflection / transition thoughts."""
 
+MAX_NORM = 1e5
+"""Largest norm a steering vector may have. Residual streams of real models stay far below it
+(their largest single activations are in the thousands); a vector beyond it can only overflow
+the stream and turn the output into padding, so it is refused as corrupt (docs/steering.md)."""
+
 FORMAT = "rankguide-steering-vector"
 FORMAT_VERSION = 1
 TENSOR_KEY = "vector"
@@ -65,6 +70,50 @@ def _model_shape(model: Any) -> tuple[int | None, int | None]:
         int(hidden) if hidden is not None else None,
         int(layers) if layers is not None else None,
     )
+
+
+_METADATA_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "layer": ((int,), "an integer"),
+    "model_identity": ((str, type(None)), "a string or null"),
+    "num_layers": ((int, type(None)), "an integer or null"),
+    "method": ((str,), "a string"),
+    "filter": ((dict, type(None)), "an object or null"),
+    "samples": ((dict, type(None)), "an object of counts"),
+    "sign_convention": ((str,), "a string"),
+    "created": ((str,), "a string"),
+    "extra": ((dict, type(None)), "an object or null"),
+    "norm": ((int, float), "a number"),
+}
+
+
+def _check_metadata_types(meta: dict[str, Any], source: Path) -> None:
+    """Refuse metadata fields of the wrong JSON type before they reach the dataclass."""
+    if "layer" not in meta:
+        raise SteeringError(f"{source}: steering metadata lacks 'layer'")
+    for key, (types, wanted) in _METADATA_TYPES.items():
+        if key not in meta:
+            continue
+        value = meta[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise SteeringError(
+                f"{source}: steering metadata field {key!r} must be {wanted} "
+                f"(got {type(value).__name__})"
+            )
+    pending: list[Any] = [meta]
+    while pending:  # iterative: the header is data from outside, nested as deep as it likes
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise SteeringError(f"{source}: steering metadata holds a non-finite number")
+    for label, count in (meta.get("samples") or {}).items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise SteeringError(
+                f"{source}: steering metadata field 'samples' must map labels to counts "
+                f"(got {label!r}: {count!r})"
+            )
 
 
 @dataclass
@@ -114,6 +163,13 @@ class SteeringVector:
         self.vector = self.vector.detach().to(device="cpu", dtype=torch.float32).contiguous()
         if not bool(torch.isfinite(self.vector).all()):
             raise SteeringError("vector contains NaN or infinite values")
+        # In float64: the float32 sum of squares overflows long before the entries do.
+        norm = float(torch.linalg.vector_norm(self.vector.double()))
+        if norm > MAX_NORM:
+            raise SteeringError(
+                f"vector norm {norm:.3g} is above the bound {MAX_NORM:.0e} for a steering "
+                "vector (corrupt or mis-scaled)"
+            )
         if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
             raise SteeringError(f"layer must be a non-negative integer, got {self.layer!r}")
         if self.method not in METHODS:
@@ -218,6 +274,8 @@ class SteeringVector:
             meta = json.loads(header[METADATA_KEY])
         except json.JSONDecodeError as exc:
             raise SteeringError(f"{source}: steering metadata is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise SteeringError(f"{source}: steering metadata is nested too deeply") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise SteeringError(f"{source}: unknown steering metadata format")
         if meta.get("format_version") != FORMAT_VERSION:
@@ -230,6 +288,7 @@ class SteeringVector:
                 f"{source}: metadata says hidden size {meta.get('hidden_size')} but the tensor "
                 f"has {tensor.numel()} values"
             )
+        _check_metadata_types(meta, source)
         try:
             vector = cls(
                 vector=tensor,
@@ -243,8 +302,8 @@ class SteeringVector:
                 created=meta.get("created", ""),
                 extra=dict(meta.get("extra") or {}),
             )
-        except KeyError as exc:
-            raise SteeringError(f"{source}: steering metadata lacks {exc}") from None
+        except SteeringError as exc:
+            raise SteeringError(f"{source}: {exc}") from None
         stored_norm = meta.get("norm")
         if isinstance(stored_norm, (int, float)) and not math.isclose(
             stored_norm, vector.norm, rel_tol=1e-4, abs_tol=1e-6
