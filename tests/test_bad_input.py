@@ -663,11 +663,6 @@ def test_cli_bench_with_a_remote_lrm_writes_its_summary(
     assert "pip install 'langchain-rankguide[bench]'" in " ".join(err.split())
 
 
-@pytest.mark.xfail(
-    reason="commands/run.py opens SQLite lazily; the first query raises DatabaseError "
-    "(fixed where the run command's checkpointer is rewritten)",
-    strict=False,
-)
 def test_cli_garbage_checkpoint_file_is_one_line(
     capsys: pytest.CaptureFixture[str], tiny_yaml: Path, tmp_path: Path
 ) -> None:

@@ -141,6 +141,8 @@ def _sqlite_saver(path: str) -> Any:
         raise RankGuideError("durable runs need langgraph-checkpoint-sqlite") from exc
     try:
         connection = sqlite3.connect(path, check_same_thread=False)
+        # connect() is lazy: reading the schema is what finds a file that is not a database.
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.Error as exc:
         raise RankGuideError(f"cannot open checkpoint database {path}: {exc}") from None
     return SqliteSaver(connection)
