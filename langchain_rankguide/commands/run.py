@@ -104,12 +104,13 @@ def result_json(result: RunResult | Mapping[str, Any], wall_s: float) -> dict[st
 def run_command(args: argparse.Namespace) -> int:
     """Run the collaboration on one question and print the trace or a JSON object."""
     from langchain_rankguide.app import RankGuideApp
-    from langchain_rankguide.config import load_config
+    from langchain_rankguide.config import check_environment, load_config
 
     question = args.question if args.question is not None else DEMO_QUESTION
     if not question.strip():
         raise RankGuideError("the question is empty")
     config = load_config(args.config, overrides=_overrides(args))
+    check_environment(config, source=args.config or "<defaults>")
     checkpointer = None
     if args.checkpoint or config.checkpoint.sqlite_path:
         checkpointer = _sqlite_saver(args.checkpoint or str(config.checkpoint.sqlite_path))
