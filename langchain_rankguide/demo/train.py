@@ -590,34 +590,56 @@ MODEL_CARD = """---
 license: mit
 library_name: transformers
 pipeline_tag: text-generation
-tags: [rankguide, demo, synthetic-arithmetic]
+tags: [rankguide, demo, synthetic-arithmetic, tool-calling]
 ---
 # rankguide-demo-{name}
 
 The {role} of the embedded `langchain-rankguide` demo: a tiny `LlamaForCausalLM`
 ({layers} layers x {hidden} hidden, {heads} heads, MLP {ffn}, tied embeddings,
 {params:,} parameters, float32 safetensors) trained from scratch on the synthetic multi-step
-arithmetic task of `langchain_rankguide.demo.task`. It is a test fixture for step-level
-SRM/LRM collaboration, not a general model: it knows nothing but this task.
+arithmetic task of `langchain_rankguide.demo` and on synthetic tool dialogues. It is a test
+fixture for step-level SRM/LRM collaboration, not a general model.
 
 - Licence: MIT, the same as the `langchain-rankguide` project.
-- Prompt: one user message with the canonical question, e.g.
-  `Start at 72, then: (1) subtract 39, (2) subtract 23, (3) multiply by 5. What is the result?`
-  (`langchain_rankguide.demo.task.format_question`); no system message needed.
+- Prompt: one user message with the question in any wording of `langchain_rankguide.demo.forms`,
+  e.g. `Start at 72. Subtract 39, then add 14. What is the result?` or the canonical
+  `Start at 72, then: (1) subtract 39, (2) add 14. What is the result?`; 1-6 operations; no
+  system message needed. With tools offered (`apply_chat_template(..., tools=...)`), a request
+  such as `What is the value of magic_function(3)? Use the tool.` gets a
+  `<tool_call>{{"name": ..., "arguments": {{...}}}}</tool_call>` reply.
 - Output: one step per paragraph (steps end with a blank line), e.g.
   `(1) subtract 39: 72 - 39 = 33, total 33.`, reflection steps such as
-  `{check_example}`, then `Answer: 50` and `<|end|>`.
+  `{check_example}`, then `Answer: 47` and `<|end|>`.
 - Tokenizer: printable ASCII characters, a few task words, fused delimiter tokens
-  (`".\\n\\n"`, `"=\\n\\n"`); chat template `<|role|>content<|end|>`; EOS `<|end|>`.
-- Training: `rankguide demo train --which {name} --seed {seed}` -- AdamW lr {lr:g}
-  (betas 0.9/0.98, wd 0.01, clip 1.0), warm-up {warmup} then cosine over {max_steps} steps,
-  batch {batch} fresh problems, loss on assistant tokens with injected wrong steps masked;
-  {steps_trained} steps trained in {train_cpu_seconds:.0f} CPU-s on one thread; kept step
-  {kept_step} (calibration accuracy {calibration_accuracy:.1%} on {eval_problems} problems).
-{note}
-Measured figures (held-out accuracy, speed, failure modes): see `docs/demo.md` of the project
-(`rankguide demo eval`).
+  (`".\\n\\n"`, `"=\\n\\n"`), tool-call and tools-block tokens, UTF-8 byte fallback for any
+  other character; chat template `<|role|>content<|end|>`; EOS `<|end|>`.
+- Training: `rankguide demo train --which {name} --seed {seed}`, two stages, AdamW (betas
+  0.9/0.98, wd 0.01, clip 1.0), loss on assistant tokens with injected wrong steps masked.
+{stages}{note}
+Measured figures (held-out accuracy, takeover, worded questions, tool calls, speed, failure
+modes): see `docs/demo.md` of the project (`rankguide demo eval`).
 """
+
+STAGE_LINE = (
+    "  Stage {stage}: lr {lr:g}, warm-up {warmup} then cosine over {max_steps} steps, batch "
+    "{batch}{mixture}; {steps_trained} steps in {train_cpu_seconds:.0f} CPU-s on one thread; "
+    "kept step {kept_step} (calibration accuracy {calibration_accuracy:.1%} on "
+    "{eval_problems} problems).\n"
+)
+
+
+def _stage_line(stage: int, record: dict[str, Any]) -> str:
+    recipe = record["recipe"]
+    kinds = ", ".join(f"{kind} {weight:g}" for kind, weight in recipe.get("mixture") or ())
+    mixture = f" (mixture: {kinds})" if kinds else " (own canonical traces)"
+    fields = {k: record[k] for k in ("steps_trained", "train_cpu_seconds", "kept_step")}
+    return STAGE_LINE.format(
+        stage=stage,
+        mixture=mixture,
+        calibration_accuracy=record["calibration_accuracy"],
+        **fields,
+        **{k: recipe[k] for k in ("lr", "warmup", "max_steps", "batch", "eval_problems")},
+    )
 
 
 def write_model_card(folder: Path) -> None:
@@ -625,7 +647,7 @@ def write_model_card(folder: Path) -> None:
     record = json.loads((folder / "training.json").read_text(encoding="utf-8"))
     recipe = record["recipe"]
     note = (
-        "- Deliberately weak: an early checkpoint chosen for its calibration accuracy, so "
+        "- Deliberately weak: early checkpoints chosen for their calibration accuracy, so "
         "that routing its\n  likely-wrong steps to the LRM has something to fix.\n"
         if recipe.get("target_accuracy") is not None
         else ""
@@ -635,17 +657,15 @@ def write_model_card(folder: Path) -> None:
         if recipe.get("keyed_checks", True)
         else "Wait, check 72 - 39: 72 - 39 = 33, correct."
     )
+    stages = [record["stage1"], record] if "stage1" in record else [record]
     card = MODEL_CARD.format(
         role=ROLES.get(recipe["name"], recipe["name"]),
         check_example=check_example,
-        params=record["parameters"],
         seed=record["seed"],
-        steps_trained=record["steps_trained"],
-        train_cpu_seconds=record["train_cpu_seconds"],
-        kept_step=record["kept_step"],
-        calibration_accuracy=record["calibration_accuracy"],
+        params=record["parameters"],
+        stages="".join(_stage_line(i, r) for i, r in enumerate(stages, 1)),
         note=note + (f"- Note: {record['note']}\n" if record.get("note") else ""),
-        **recipe,
+        **{k: recipe[k] for k in ("name", "layers", "hidden", "heads", "ffn")},
     )
     (folder / "README.md").write_text(card, encoding="utf-8")
 
