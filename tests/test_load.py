@@ -165,7 +165,7 @@ def test_abandoned_requests_and_slow_clients_leave_everyone_else_served(app: Any
             time.sleep(0.02)
         assert admission._inside == 0, "the abandoned requests stopped and left the queue"
         results, wall = load_test.run_clients(
-            server.v1, clients=8, requests_per_client=2, max_attempts=40, deadline_s=40
+            server.v1, clients=6, requests_per_client=2, max_attempts=40, deadline_s=40
         )
         cut_off = [read_until_closed(sock, 5) for sock in slow]
         assert admission._inside == 0
@@ -174,6 +174,6 @@ def test_abandoned_requests_and_slow_clients_leave_everyone_else_served(app: Any
         f"\nwith {ABANDONED} abandoned requests and {SLOW} slow clients: "
         f"{figures['served']}/{figures['requests']} served, {figures['rejected_429']} x 429"
     )
-    assert figures["served"] == figures["requests"] == 16, "every remaining client is served"
+    assert figures["served"] == figures["requests"] == 12, "every remaining client is served"
     assert figures["wrong_answers"] == 0, figures["wrong_kinds"]
     assert all(reply.startswith(b"HTTP/1.1 408") for reply in cut_off), cut_off[:3]
