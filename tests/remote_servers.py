@@ -27,7 +27,7 @@ SCRIPT = "12 + 5 = 17, total 17.\n\nWait, check: 12 + 5 = 17.\n\nAnswer: 17"
 JUDGE_QUESTION = "Score: "
 _TOKEN = re.compile(r"\w+|\s+|[^\w\s]")
 
-BEHAVIOURS = ("ok", "status", "slow", "malformed", "cut")
+BEHAVIOURS = ("ok", "status", "slow", "malformed", "cut", "huge", "trickle")
 
 
 @dataclass
@@ -55,6 +55,9 @@ class Settings:
     reasoning_field: str | None = None
     judge_reply: str = "8"
     echo_auth_in_error: bool = False
+    huge_bytes: int = 20_000_000  # "huge": a 200 reply this long (JSON or SSE), whatever max_tokens
+    trickle_s: float = 0.2  # "trickle": one byte of a proper reply every this many seconds
+    trickle_headers: bool = False  # "trickle": the status line and headers too, not just the body
 
 
 def tokens(text: str) -> list[str]:
@@ -156,6 +159,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if misbehave and settings.behaviour == "cut":
             self._cut(body, settings)
+            return
+        if misbehave and settings.behaviour == "huge":
+            self._huge(body, settings)
+            return
+        if misbehave and settings.behaviour == "trickle":
+            self._trickle(body, settings)
             return
         self._answer(body, settings)
 
@@ -302,6 +311,57 @@ class _Handler(BaseHTTPRequestHandler):
             self._write_chunk(event)
         # No terminating chunk: the connection closes mid-body.
 
+    def _huge(self, body: dict[str, Any], settings: Settings) -> None:
+        """A 200 reply of ``huge_bytes`` bytes, written until the client stops reading."""
+        self.close_connection = True
+        piece = "x" * 8192
+        if body.get("stream"):
+            event = _sse({"object": "chunk", "choices": [{"index": 0, "text": piece}]})
+            head, repeated, tail = b"", event, b"data: [DONE]\n\n"
+            self._start_stream(chunked=False)
+        else:
+            head = b'{"choices": [{"index": 0, "finish_reason": "length", "text": "'
+            repeated, tail = piece.encode(), b'"}]}'
+            count = (settings.huge_bytes - len(head) - len(tail)) // len(repeated)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(head) + count * len(repeated) + len(tail)))
+            self.end_headers()
+        try:
+            self.wfile.write(head)
+            for _ in range((settings.huge_bytes - len(head) - len(tail)) // len(repeated)):
+                if self.server.owner.stopping.is_set():
+                    return
+                self.wfile.write(repeated)
+            self.wfile.write(tail)
+        except OSError:
+            pass  # the client stopped reading: expected
+
+    def _trickle(self, body: dict[str, Any], settings: Settings) -> None:
+        """A proper reply, sent one byte every ``trickle_s`` seconds (the headers too, if set)."""
+        self.close_connection = True
+        context, _ = self._context(body, settings)
+        gen = generate(context, body, settings)
+        choice = self._final(gen, settings)
+        choice["text"] = gen.text
+        payload = json.dumps({"choices": [choice]}).encode()
+        head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        data = (head if settings.trickle_headers else b"") + payload
+        try:
+            if not settings.trickle_headers:
+                self.wfile.write(head)
+                self.wfile.flush()
+            for i in range(len(data)):
+                if self.server.owner.stopping.wait(settings.trickle_s):
+                    return
+                self.wfile.write(data[i : i + 1])
+                self.wfile.flush()
+        except OSError:
+            pass  # the client gave up: expected
+
 
 def _sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
@@ -400,6 +460,8 @@ SERVER_KINDS: dict[str, dict[str, Any]] = {
     "malformed": {"behaviour": "malformed"},
     "cut": {"behaviour": "cut"},
     "unauthorized": {"behaviour": "status", "status": 401},
+    "huge": {"behaviour": "huge"},
+    "trickle": {"behaviour": "trickle"},
 }
 """Every server the fault tests start: name -> settings."""
 

@@ -186,12 +186,15 @@ def served(served_config: Path) -> Iterator[ServedProcess]:
 class InProcessServer:
     """An ASGI app under uvicorn in a background thread, on a free loopback port.
 
+    ``options`` go to ``uvicorn.Config`` (e.g. ``uvicorn_settings(...)``, as ``rankguide
+    serve`` passes them).
+
     Example:
         >>> with InProcessServer(create_app(handlers)) as server:  # doctest: +SKIP
         ...     httpx.get(f"{server.v1}/models")
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, **options: Any) -> None:
         import uvicorn
 
         self.app = app
@@ -200,7 +203,7 @@ class InProcessServer:
         self._socket.bind((LOOPBACK, 0))
         self.port = self._socket.getsockname()[1]
         config = uvicorn.Config(
-            app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2
+            app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2, **options
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
@@ -230,3 +233,26 @@ class InProcessServer:
         self._server.should_exit = True
         self._thread.join(timeout=10)
         self._socket.close()
+
+
+def open_raw(port: int, data: bytes = b"") -> socket.socket:
+    """A plain socket to a loopback server, having sent ``data`` (a client's first bytes)."""
+    sock = socket.create_connection((LOOPBACK, port), timeout=10)
+    if data:
+        sock.sendall(data)
+    return sock
+
+
+def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
+    """What the server sends before it closes ``sock``; ``socket.timeout`` if it stays open."""
+    sock.settimeout(timeout)
+    received = b""
+    with sock:
+        while True:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                return received
+            if not data:
+                return received
+            received += data

@@ -925,6 +925,101 @@ def test_server_binary_and_lone_surrogate_bodies(server: httpx.Client) -> None:
     )
 
 
+USER = '"messages": [{"role": "user", "content": "go"}]'
+
+
+@pytest.mark.parametrize(
+    "path,raw,needles,param",
+    [
+        (
+            "/chat/completions",
+            b'{"model": "srm", "messages": [{"role": "user", "content": "\\udc80 hi"}]}',
+            ("lone surrogate",),
+            "messages.0.content",
+        ),
+        (
+            "/chat/completions",
+            b'{"model": "rankguide", "messages": [{"role": "user", "content": "\\udc80 hi"}]}',
+            ("lone surrogate",),
+            "messages.0.content",
+        ),
+        (
+            "/chat/completions",
+            b'{"model": "srm", "messages": [{"role": "user", "content": '
+            b'[{"type": "text", "text": "hi \\ud800"}]}]}',
+            ("lone surrogate",),
+            "messages.0.content.0.text",
+        ),
+        (
+            "/chat/completions",
+            b'{"model": "srm", ' + USER.encode() + b', "chat_template_kwargs": {"x": "\\udfff"}}',
+            ("lone surrogate",),
+            "chat_template_kwargs.x",
+        ),
+        (
+            "/completions",
+            b'{"model": "srm", "prompt": "go", "max_tokens": 1' + b"0" * 5000 + b"}",
+            ("integer of 5001 digits",),
+            None,
+        ),
+        (
+            "/completions",
+            b'{"model": "srm", "prompt": "go", "seed": -' + b"9" * 30 + b"}",
+            ("integer of 30 digits",),
+            None,
+        ),
+        ("/completions", b"[" * 15000, ("nested more than 64 levels",), None),
+        (
+            "/completions",
+            b'{"model": "srm", "prompt": "go", "x": ' + b"[" * 70 + b"]" * 70 + b"}",
+            ("nested more than 64 levels",),
+            "x" + ".0" * 63,  # the 65th level: the body is the first
+        ),
+        (
+            "/chat/completions",
+            b'{"model": "srm", ' + USER.encode() + b', "chat_template_kwargs": {"messages": []}}',
+            ("may not set messages",),
+            "chat_template_kwargs",
+        ),
+        (
+            "/chat/completions",
+            b'{"model": "srm", ' + USER.encode() + b', "chat_template_kwargs": {"tools": 5}}',
+            ("may not set tools",),
+            "chat_template_kwargs",
+        ),
+    ],
+    ids=[
+        "surrogate-in-chat-content",
+        "surrogate-in-chat-content-rankguide",
+        "surrogate-in-a-text-part",
+        "surrogate-in-template-kwargs",
+        "integer-of-5000-digits",
+        "integer-of-30-digits",
+        "nested-arrays-unparseable",
+        "nested-arrays-in-a-field",
+        "template-kwarg-messages",
+        "template-kwarg-tools",
+    ],
+)
+def test_server_hostile_json_is_400_not_500(
+    server: httpx.Client, path: str, raw: bytes, needles: tuple[str, ...], param: str | None
+) -> None:
+    response = server.post(path, content=raw, headers={"content-type": "application/json"})
+    assert openai_error(response, 400, *needles)["param"] == param
+    # The connection stays usable: the next request on the pool is answered.
+    assert server.post("/completions", json={"model": "srm", "prompt": "go", "max_tokens": 1})
+
+
+def test_server_200000_nested_brackets_within_the_body_limit(tiny_pair: tuple[Path, Path]) -> None:
+    config = load_config(None, overrides=tiny_data(tiny_pair))
+    app = build_app_from_config(config, limits=ServerLimits(max_tokens=64))
+    raw = b"[" * 200_000  # 200 kB: under the default 1 MiB limit, 200,000 levels deep
+    with InProcessServer(app) as running, httpx.Client(base_url=running.v1, timeout=60) as http:
+        for path in ("/completions", "/chat/completions"):
+            response = http.post(path, content=raw, headers={"content-type": "application/json"})
+            openai_error(response, 400, "nested more than 64 levels")
+
+
 def test_server_streaming_bad_prompt_ends_with_an_error_event(server: httpx.Client) -> None:
     body = {"model": "srm", "prompt": LONG_QUESTION, "stream": True}
     with server.stream("POST", "/completions", json=body) as stream:

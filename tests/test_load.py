@@ -1,5 +1,8 @@
 """The server under 32 concurrent clients on loopback: correct, isolated, back-pressured.
 
+A second run mixes in clients that give up on non-streamed requests and clients too slow to
+send theirs: the abandoned work stops, the slow connections are cut off, everyone else is served.
+
 The measurement lives in ``scripts/load_test.py`` (run there longer, against a real
 ``rankguide serve`` process, for the figures in ``docs/reliability.md``); here it runs briefly
 against the app under uvicorn in this process, so the admission queue can be watched. Only
@@ -16,19 +19,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import pytest
 import torch
-from server_fixtures import REPO, InProcessServer
+from server_fixtures import REPO, InProcessServer, open_raw, read_until_closed
 
 from langchain_rankguide.config import load_config
 from langchain_rankguide.server.app import ServerLimits, build_app_from_config
+from langchain_rankguide.server.connection import uvicorn_settings
 from langchain_rankguide.steering import SteeringVector
 
 CLIENTS = 32
 REQUESTS_PER_CLIENT = 3
 CONCURRENCY = 2
 QUEUE = 6
+READ_TIMEOUT_S = 1.0
+ABANDONED = 8
+SLOW = 30
 
 
 def _load_script() -> Any:
@@ -44,18 +52,27 @@ load_test = _load_script()
 
 
 @pytest.fixture(scope="module")
-def app(tiny_pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
+def served_config(tiny_pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
     folder = tmp_path_factory.mktemp("load")
     vector = SteeringVector(
         torch.randn(32, generator=torch.Generator().manual_seed(0)) * 8,
         layer=1,
         model_identity=tiny_pair[0].resolve().name,
     ).save(folder / "steer.safetensors")
-    config = load_config(None, overrides=load_test.steering_config(*tiny_pair, vector))
+    return load_config(None, overrides=load_test.steering_config(*tiny_pair, vector))
+
+
+@pytest.fixture
+def app(served_config: Any) -> Any:
+    """A fresh app per test: its admission queue belongs to the event loop of one server."""
     limits = ServerLimits(
-        max_concurrency=CONCURRENCY, max_queue=QUEUE, max_tokens=64, retry_after_s=1
+        max_concurrency=CONCURRENCY,
+        max_queue=QUEUE,
+        max_tokens=64,
+        retry_after_s=1,
+        read_timeout_s=READ_TIMEOUT_S,
     )
-    return build_app_from_config(config, limits=limits)
+    return build_app_from_config(served_config, limits=limits)
 
 
 def test_32_concurrent_clients_get_correct_isolated_answers_or_429(app: Any) -> None:
@@ -110,3 +127,53 @@ def test_32_concurrent_clients_get_correct_isolated_answers_or_429(app: Any) -> 
     assert admission.rejected == figures["rejected_429"]
     assert max(inside) <= capacity, "the queue never held more than its bound"
     assert max(inside) == capacity, "the queue filled up"
+
+
+def _slow_clients(port: int) -> list[Any]:
+    """Connections that send nothing, half their headers, or half their body."""
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    half_body = head + b"Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{"
+    firsts = [b"", head, half_body]
+    return [open_raw(port, firsts[i % 3]) for i in range(SLOW)]
+
+
+def _abandon(url: str, kind: str) -> None:
+    """Send a non-streamed request and give up on it before its answer."""
+    path, body = load_test.KINDS[kind]
+    with httpx.Client(base_url=url, timeout=0.3) as quitter:
+        try:
+            quitter.post(path, json=body)
+        except httpx.TimeoutException:
+            pass
+
+
+def test_abandoned_requests_and_slow_clients_leave_everyone_else_served(app: Any) -> None:
+    admission = app.state.admission
+    with InProcessServer(app, **uvicorn_settings(READ_TIMEOUT_S)) as server:
+        refs = load_test.references(server.v1)
+        slow = _slow_clients(server.port)
+        quitters = [
+            threading.Thread(target=_abandon, args=(server.v1, "rg-lrm"), daemon=True)
+            for _ in range(ABANDONED)
+        ]
+        for quitter in quitters:
+            quitter.start()
+        for quitter in quitters:
+            quitter.join(timeout=30)
+        settled = time.monotonic() + 10
+        while admission._inside and time.monotonic() < settled:
+            time.sleep(0.02)
+        assert admission._inside == 0, "the abandoned requests stopped and left the queue"
+        results, wall = load_test.run_clients(
+            server.v1, clients=6, requests_per_client=2, max_attempts=40, deadline_s=40
+        )
+        cut_off = [read_until_closed(sock, 5) for sock in slow]
+        assert admission._inside == 0
+    figures = load_test.summarise(results, wall, refs)
+    print(
+        f"\nwith {ABANDONED} abandoned requests and {SLOW} slow clients: "
+        f"{figures['served']}/{figures['requests']} served, {figures['rejected_429']} x 429"
+    )
+    assert figures["served"] == figures["requests"] == 12, "every remaining client is served"
+    assert figures["wrong_answers"] == 0, figures["wrong_kinds"]
+    assert all(reply.startswith(b"HTTP/1.1 408") for reply in cut_off), cut_off[:3]

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from remote_servers import (
     JUDGE_QUESTION,
     SCRIPT,
@@ -32,11 +32,14 @@ from langchain_rankguide.config.models import OpenAICompatibleLRMConfig
 from langchain_rankguide.errors import ConfigError, RankGuideError
 from langchain_rankguide.lrm import JUDGE_PROMPT, LRMBackend
 from langchain_rankguide.remote import (
+    LRMDeadlineError,
     LRMFallback,
+    LRMReplyTooLargeError,
     LRMStreamCutError,
     LRMUnavailableError,
     OpenAICompatibleClient,
     RemoteLRM,
+    ReplyLimit,
     RetryPolicy,
     SSEDecoder,
     aggregate_stream,
@@ -44,6 +47,7 @@ from langchain_rankguide.remote import (
     completions_request,
 )
 from langchain_rankguide.remote.backend import render_plain_prompt
+from langchain_rankguide.remote.bounds import BoundedLines, BoundHit
 from langchain_rankguide.remote.retry import Attempts, parse_retry_after, status_failure
 from langchain_rankguide.schemas import StepRecord
 
@@ -579,3 +583,197 @@ def test_committed_steps_survive_a_failed_write(srv: dict[str, FakeServer]) -> N
     assert step.text == STEP2 and flaky.count == 4
     assert flaky.last.body["prompt"] == render_plain_prompt(MESSAGES) + STEP1
     assert lrm.steps == (STEP1, STEP2)
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def test_a_huge_reply_is_cut_at_its_bound_and_not_retried(srv: dict[str, FakeServer]) -> None:
+    # 20 MB for max_tokens 64 (R1): read up to 64 KiB + 2 KiB per token, then refused.
+    huge = srv["huge"]
+    cap = 65536 + 2048 * 64
+    started = time.perf_counter()
+    with client(huge.url) as c:
+        with pytest.raises(LRMReplyTooLargeError) as whole:
+            c.completions("x", max_tokens=64)
+        with pytest.raises(LRMReplyTooLargeError) as streamed:
+            list(c.stream(completions_request("x", max_tokens=64)))
+    assert time.perf_counter() - started < 5
+    for err in (whole.value, streamed.value):
+        assert err.attempts == 1 and not err.retryable and err.status == 200
+        assert f"longer than {cap} bytes" in str(err) and "lrm.reply_limit" in str(err)
+    assert huge.count == 2, "a reply over its bound is not asked for again"
+
+
+def test_async_huge_reply_is_cut_at_its_bound(srv: dict[str, FakeServer]) -> None:
+    huge = srv["huge"]
+    limit = ReplyLimit(bytes_per_token=16, base_bytes=4096)
+
+    async def main() -> None:
+        async with client(huge.url, reply_limit=limit) as c:
+            with pytest.raises(LRMReplyTooLargeError, match="longer than 4112 bytes"):
+                await c.asend(completions_request("x", max_tokens=1))
+            with pytest.raises(LRMReplyTooLargeError):
+                async for _ in c.astream(completions_request("x", max_tokens=1)):
+                    pass
+
+    asyncio.run(main())
+    assert huge.count == 2
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
+def test_reply_is_read_no_further_than_its_bound(streamed: bool) -> None:
+    """An endless body: the client pulls at most the bound (plus the read in flight)."""
+    pulled: list[int] = []
+    piece = b"data: " + b"x" * 1000 + b"\n" if streamed else b"x" * 1000
+
+    class Endless(httpx.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            while True:
+                pulled.append(len(piece))
+                yield piece
+
+    def reply(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Endless())
+
+    limit = ReplyLimit(bytes_per_token=100, base_bytes=5000)
+    with client("http://lrm.test/v1", transport=httpx.MockTransport(reply), reply_limit=limit) as c:
+        request = completions_request("x", max_tokens=10)
+        with pytest.raises(LRMReplyTooLargeError):
+            list(c.stream(request)) if streamed else c.send(request)
+    assert 6000 <= sum(pulled) <= 6000 + len(piece)
+
+
+def test_reply_limit_scales_with_max_tokens(srv: dict[str, FakeServer]) -> None:
+    assert ReplyLimit(bytes_per_token=10, base_bytes=100).cap(7) == 170
+    assert ReplyLimit().cap(None) == ReplyLimit().cap(32768)  # a body without max_tokens
+    # A long, honest reply fits: the oracle's whole script under max_tokens 64.
+    with client(srv["ok"].url, reply_limit=ReplyLimit(bytes_per_token=256, base_bytes=1024)) as c:
+        assert c.completions("", max_tokens=64).text == SCRIPT
+        assert "".join(ch.text for ch in c.stream(completions_request("", max_tokens=64))) == SCRIPT
+
+
+@pytest.mark.parametrize("headers", [False, True], ids=["body", "headers"])
+def test_a_trickled_reply_hits_the_request_deadline(
+    srv: dict[str, FakeServer], headers: bool
+) -> None:
+    # One byte every 0.2 s never trips the 2 s read timeout (R2); the 0.5 s request deadline
+    # ends each attempt, and the 1.4 s call deadline leaves room for two.
+    slow = srv["trickle"].configure(trickle_headers=headers)
+    started = time.perf_counter()
+    with client(slow.url, request_timeout_s=0.5, call_timeout_s=1.4) as c:
+        with pytest.raises(LRMDeadlineError) as info:
+            c.completions("", max_tokens=64)
+    elapsed = time.perf_counter() - started
+    assert 0.9 < elapsed < 1.9, elapsed
+    assert slow.count in (2, 3) and info.value.status is None
+    assert "lrm.timeouts" in str(info.value)
+
+
+def test_the_call_deadline_bounds_every_attempt_and_wait(srv: dict[str, FakeServer]) -> None:
+    slow = srv["trickle"]
+
+    def attempt(backoff_s: float) -> tuple[LRMDeadlineError, float]:
+        retry = RetryPolicy(max_attempts=10, backoff_base_s=backoff_s, backoff_max_s=backoff_s)
+        started = time.perf_counter()
+        with client(slow.url, request_timeout_s=0.4, call_timeout_s=1.0, retry=retry) as c:
+            with pytest.raises(LRMDeadlineError) as info:
+                c.completions("", max_tokens=64)
+        return info.value, time.perf_counter() - started
+
+    # Attempt 1 ends at 0.4 s; a 0.7 s wait would reach the 1.0 s deadline: no attempt 2.
+    err, elapsed = attempt(0.7)
+    assert err.attempts == 1 and slow.count == 1 and elapsed < 0.7
+    assert "no time is left for another attempt within lrm.timeouts.step (1 s)" in str(err)
+    # A 0.2 s wait leaves room: attempt 2 starts at 0.6 s and is cut at 1.0 s.
+    slow.reset()
+    err, elapsed = attempt(0.2)
+    assert err.attempts == 2 and slow.count == 2 and 0.9 < elapsed < 1.3
+    assert "the call took longer than lrm.timeouts.step (1 s)" in str(err)
+    assert not err.retryable
+
+
+def test_async_and_stream_deadlines(srv: dict[str, FakeServer]) -> None:
+    slow = srv["trickle"]
+
+    async def main() -> None:
+        async with client(slow.url, request_timeout_s=0.4, call_timeout_s=0.6) as c:
+            with pytest.raises(LRMDeadlineError):
+                await c.asend(completions_request("", max_tokens=64))
+            with pytest.raises(LRMDeadlineError):
+                async for _ in c.astream(completions_request("", max_tokens=64)):
+                    pass
+
+    started = time.perf_counter()
+    asyncio.run(main())
+    with client(slow.url, request_timeout_s=0.4, call_timeout_s=0.6) as c:
+        with pytest.raises(LRMDeadlineError):
+            list(c.stream(completions_request("", max_tokens=64)))
+    assert time.perf_counter() - started < 3
+
+
+def test_deadline_holds_with_a_transport_passed_in(srv: dict[str, FakeServer]) -> None:
+    # Without the deadline-aware backend the clock is checked between reads: late by one read.
+    slow = srv["trickle"]
+    retry = RetryPolicy(max_attempts=1)
+    started = time.perf_counter()
+    with client(slow.url, transport=httpx.HTTPTransport(), request_timeout_s=0.5, retry=retry) as c:
+        with pytest.raises(LRMDeadlineError):
+            c.completions("", max_tokens=64)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_remote_lrm_reads_bounds_from_its_config(srv: dict[str, FakeServer]) -> None:
+    lrm = RemoteLRM(
+        config(
+            srv["trickle"].url,
+            timeouts={"request": 0.3, "step": 0.5},
+            on_failure="fallback_srm",
+        ),
+        delimiter="\n\n",
+        max_step_tokens=64,
+    )
+    lrm.begin(MESSAGES)
+    with pytest.raises(LRMFallback) as signal:
+        lrm.write_step(max_new_tokens=64)
+    assert isinstance(signal.value.cause, LRMDeadlineError)
+    assert "lrm.timeouts" in signal.value.fallback
+    c = lrm.client
+    assert (c.request_timeout_s, c.call_timeout_s) == (0.3, 0.5)
+    defaults = OpenAICompatibleClient.from_config(config(srv["ok"].url, reply_limit={}))
+    assert defaults.reply_limit == ReplyLimit(bytes_per_token=2048, base_bytes=65536)
+    assert (defaults.request_timeout_s, defaults.call_timeout_s) == (180.0, 600.0)
+    lrm.close()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"timeouts": {"request": 0}},
+        {"timeouts": {"step": -1}},
+        {"reply_limit": {"bytes_per_token": 0}},
+        {"reply_limit": {"base_bytes": 100}},
+    ],
+)
+def test_bound_settings_are_validated(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        config("http://127.0.0.1:9/v1", **bad)
+
+
+def test_bound_errors_pickle_and_name_their_kind() -> None:
+    for cls in (LRMReplyTooLargeError, LRMDeadlineError):
+        err = cls("http://x/v1/completions", 200, 1, "why", retryable=False)
+        copy = pickle.loads(pickle.dumps(err))
+        assert type(copy) is cls and str(copy) == str(err) and not copy.retryable
+        assert isinstance(copy, LRMUnavailableError)
+
+
+def test_sse_lines_split_anywhere() -> None:
+    lines = BoundedLines(1000)
+    out = lines.feed(b"data: a\r")  # "\r" may be half of "\r\n"
+    out += lines.feed(b"\ndata: \xc3")  # a UTF-8 character split across reads
+    out += lines.feed(b"\xa9\rdata: b\n\ndata: \xe2\x80\xa8 c")  # U+2028 is not a line break
+    assert out == ["data: a", "data: \u00e9", "data: b", ""]
+    assert lines.close() == ["data: \u2028 c"]
+    with pytest.raises(BoundHit):
+        BoundedLines(10).feed(b"x" * 11)  # a line that never ends is bounded too

@@ -1,6 +1,9 @@
 """Security: loopback by default, bearer token in constant time, API keys never written anywhere,
 no remote code unless configured, no pickle, and nothing in a request used as a file path.
 
+A hostile remote LRM is bounded: a reply is read no further than its size bound and a request
+no longer than its deadlines, whatever the server sends.
+
 Proven elsewhere (not repeated): 401 for a missing/wrong/partial key (test_server
 ``test_bearer_token_is_required``); the remote client never leaks its key in errors, reprs or
 logs, even when a hostile server echoes it (test_remote_client ``test_api_key_never_leaks``);
@@ -21,6 +24,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -270,6 +274,56 @@ def test_api_key_never_in_checkpoints_traces_logs_or_errors(
     assert KEY.encode() not in stored
     rows = sqlite3.connect(db).execute("select count(*) from checkpoints").fetchone()[0]
     assert rows > 0
+
+
+# --------------------------------------------------------------------------- hostile LRM
+
+
+@pytest.fixture
+def hostile_lrm() -> Iterator[dict[str, FakeServer]]:
+    servers = {
+        "huge": FakeServer("huge", behaviour="huge").start(),  # 20 MB for any max_tokens
+        "trickle": FakeServer("trickle", behaviour="trickle", trickle_s=0.2).start(),
+    }
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
+def test_a_hostile_lrm_is_bounded_in_size_and_time(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_pair: tuple[Path, Path],
+    hostile_lrm: dict[str, FakeServer],
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("RG_TEST_LRM_KEY", KEY)
+    # R1: 20 MB answered for a 24-token step: cut at its bound, not retried, one line, exit 2.
+    huge = remote_config(tiny_pair, hostile_lrm["huge"].url, tmp_path / "huge.yaml")
+    started = time.monotonic()
+    assert main(["run", "--config", str(huge), "--policy", "lrm", "go"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "lrm.reply_limit" in err, err
+    assert hostile_lrm["huge"].count == 1
+    # With fallback_srm the SRM's draft stands in, and the step says why.
+    fallback = remote_config(
+        tiny_pair, hostile_lrm["huge"].url, tmp_path / "fb.yaml", on_failure="fallback_srm"
+    )
+    assert main(["run", "--config", str(fallback), "--policy", "lrm", "--json", "go"]) == 0
+    steps = json.loads(capsys.readouterr().out)["steps"]
+    assert steps and all("longer than" in (s["fallback"] or "") for s in steps)
+    # R2: one byte every 0.2 s never trips the 5 s read timeout; the deadlines end it.
+    trickle = remote_config(
+        tiny_pair,
+        hostile_lrm["trickle"].url,
+        tmp_path / "trickle.yaml",
+        timeouts={"connect": 1.0, "read": 5.0, "request": 0.5, "step": 1.0},
+    )
+    assert main(["run", "--config", str(trickle), "--policy", "lrm", "go"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "lrm.timeouts" in err, err
+    assert hostile_lrm["trickle"].count == 2  # the request deadline is retried, once here
+    assert time.monotonic() - started < 30
 
 
 # --------------------------------------------------------------------------- remote code

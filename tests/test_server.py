@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,12 +26,15 @@ from server_fixtures import (
     SERVE_MAX_TOKENS,
     InProcessServer,
     ServedProcess,
+    open_raw,
+    read_until_closed,
 )
 
 from langchain_rankguide.config import load_config
 from langchain_rankguide.graph import answer_of, build_graph
 from langchain_rankguide.pipeline import RankGuidePipeline
 from langchain_rankguide.server.app import ServerLimits, create_app
+from langchain_rankguide.server.connection import TimedH11Protocol, uvicorn_settings
 from langchain_rankguide.server.handlers import (
     Cancelled,
     Generation,
@@ -651,3 +655,153 @@ def test_unreachable_lrm_is_502(tiny_pair: tuple[Path, Path], tmp_path: Path) ->
         assert json.loads(events[-1][6:])["error"]["type"] == "server_error"
         assert "data: [DONE]" not in events
         assert wait_until(lambda: app.state.admission._inside == 0)
+
+
+# --------------------------------------------------------------------------- bounds on clients
+
+
+class Broken:
+    """A handler failing with an error no route expects: a stand-in for a bug."""
+
+    def _fail(self, request: Any, cancelled: Callable[[], bool]) -> Generation:
+        raise RuntimeError("an unexpected bug")
+        yield Piece("")  # a generator, as handlers are
+
+    def chat(self, request: Any, cancelled: Callable[[], bool]) -> Generation:
+        return self._fail(request, cancelled)
+
+    def complete(self, request: Any, cancelled: Callable[[], bool]) -> Generation:
+        return self._fail(request, cancelled)
+
+
+def test_an_unexpected_error_is_a_500_that_closes_the_connection_cleanly() -> None:
+    app = create_app({"broken": Broken(), "tick": Ticker(delay=0, n=2)})
+    with InProcessServer(app) as server, httpx.Client(base_url=server.v1, timeout=30) as http:
+        for _ in range(3):  # each time, the pooled connection is given up, not found dead
+            response = http.post("/completions", json={"model": "broken", "prompt": "go"})
+            error = assert_error(response, 500, "server_error")
+            assert response.headers["connection"] == "close"
+            assert "unexpected bug" not in error["message"]  # logged, not sent
+            ok = http.post("/completions", json={"model": "tick", "prompt": "go"})
+            assert ok.status_code == 200
+        body = {"model": "broken", "prompt": "go", "stream": True}
+        with http.stream("POST", "/completions", json=body) as stream:
+            events = [line for line in stream.iter_lines() if line.startswith("data: ")]
+        assert json.loads(events[-1][6:])["error"]["type"] == "server_error"
+        assert "data: [DONE]" not in events
+        assert http.post("/completions", json={"model": "tick", "prompt": "go"}).status_code == 200
+        assert wait_until(lambda: app.state.admission._inside == 0)
+
+
+def test_an_abandoned_non_streamed_request_stops_generating() -> None:
+    # H6: the client gives up after 0.5 s; the 400 pieces (20 s) are not generated for nobody.
+    ticker = Ticker(delay=0.05, n=400)
+    app = create_app({"tick": ticker})
+    with InProcessServer(app) as server:
+        with httpx.Client(base_url=server.v1, timeout=0.5) as quitter:
+            with pytest.raises(httpx.ReadTimeout):
+                quitter.post("/completions", json={"model": "tick", "prompt": "go"})
+        assert ticker.ended.wait(5), "the generation went on after the client left"
+        assert ticker.produced < 25
+        assert wait_until(lambda: app.state.admission._inside == 0), "the slot was not released"
+        with httpx.Client(base_url=server.v1, timeout=30) as http:
+            started = time.monotonic()
+            short = {"model": "tick", "prompt": "go", "max_tokens": 3}
+            again = http.post("/completions", json=short)
+            assert again.status_code == 200 and time.monotonic() - started < 2
+
+
+def test_a_chunked_body_is_refused_as_it_arrives() -> None:
+    # H7: a 300 MB chunked body; the 413 comes after about 1 MB, and the rest is never sent.
+    app = create_app({"tick": Ticker(delay=0, n=2)}, limits=ServerLimits(max_body_bytes=1 << 20))
+    with InProcessServer(app) as server:
+        sock = open_raw(server.port)
+        head = (
+            b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        piece = b"x" * 65536
+        frame = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+        sent = 0
+        sock.sendall(head)
+        try:
+            while sent < 300 << 20 and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(frame)
+                sent += len(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = read_until_closed(sock, 10)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert b"connection: close" in reply.lower()
+    assert sent < 32 << 20, f"{sent >> 20} MB were sent before the 413"
+
+
+def test_slow_clients_are_cut_off_while_others_are_served() -> None:
+    # H8: connections that send nothing, half their headers, a trickle, or half their body.
+    limits = ServerLimits(read_timeout_s=1.0)
+    app = create_app({"tick": Ticker(delay=0, n=2)}, limits=limits)
+    head = b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    body_head = head + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    with InProcessServer(app, **uvicorn_settings(limits.read_timeout_s)) as server:
+        started = time.monotonic()
+        silent = [open_raw(server.port) for _ in range(5)]
+        half_head = [open_raw(server.port, head) for _ in range(5)]
+        half_body = [open_raw(server.port, body_head + b'{"model": "tick"') for _ in range(5)]
+        trickle = open_raw(server.port)
+        stop = threading.Event()
+
+        def drip() -> None:  # one byte every 0.1 s: busy, but never done
+            for byte in head * 10:
+                if stop.wait(0.1):
+                    return
+                try:
+                    trickle.send(bytes([byte]))
+                except OSError:
+                    return
+
+        dripper = threading.Thread(target=drip, daemon=True)
+        dripper.start()
+        with httpx.Client(base_url=server.v1, timeout=30) as http:
+            ok = http.post("/completions", json={"model": "tick", "prompt": "go"})
+            assert ok.status_code == 200, "a prompt client is served meanwhile"
+        replies = {
+            "silent": [read_until_closed(s, 5) for s in silent],
+            "half_head": [read_until_closed(s, 5) for s in half_head],
+            "half_body": [read_until_closed(s, 5) for s in half_body],
+            "trickle": [read_until_closed(trickle, 5)],
+        }
+        stop.set()
+        elapsed = time.monotonic() - started
+    assert elapsed < 4, f"the slow clients were held {elapsed:.1f} s"
+    for kind, answers in replies.items():
+        for answer in answers:
+            assert answer.startswith(b"HTTP/1.1 408"), (kind, answer[:200])
+            assert b"connection: close" in answer.lower()
+    assert b"request body not received within 1 s" in replies["half_body"][0]
+    assert b"request headers not received within 1 s" in replies["half_head"][0]
+
+
+def test_serve_bounds_slow_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``rankguide serve`` runs uvicorn with the request deadline and the header size bound."""
+    import uvicorn
+
+    from langchain_rankguide.cli import main
+    from langchain_rankguide.server import app as app_module
+
+    seen: dict[str, Any] = {}
+
+    class Server:
+        def __init__(self, config: Any) -> None:
+            self.startup = None
+
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(app_module, "build_app_from_config", lambda *a, **k: object())
+    monkeypatch.setattr(uvicorn, "Config", lambda app, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(uvicorn, "Server", Server)
+    assert main(["serve", "--port", "0"]) == 0
+    assert issubclass(seen["http"], TimedH11Protocol)
+    assert seen["http"].read_timeout_s == ServerLimits().read_timeout_s
+    assert seen["h11_max_incomplete_event_size"] == 16 * 1024
+    assert seen["timeout_keep_alive"] == 5

@@ -109,6 +109,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
     from langchain_rankguide.config import load_config
     from langchain_rankguide.server.app import ServerLimits, build_app_from_config
+    from langchain_rankguide.server.connection import uvicorn_settings
 
     api_key = None
     if args.api_key_env:
@@ -128,7 +129,13 @@ def serve_command(args: argparse.Namespace) -> int:
         request_timeout_s=args.timeout,
     )
     app = build_app_from_config(load_config(args.config), limits=limits, api_key=api_key)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        **uvicorn_settings(limits.read_timeout_s),
+    )
     server = uvicorn.Server(config)
     # Announce the address (with --port 0, tests and scripts read the chosen port from it).
     _announce_port(server)

@@ -310,6 +310,40 @@ class TimeoutsConfig(_Section):
         gt=0,
         description="Seconds to wait for response data (per read, streaming too).",
     )
+    request: float = Field(
+        default=180.0,
+        gt=0,
+        description=(
+            "Seconds one HTTP request may take in all, from connecting to the last byte of the "
+            "reply however slowly it comes; then it is retried like a timeout."
+        ),
+    )
+    step: float = Field(
+        default=600.0,
+        gt=0,
+        description=(
+            "Seconds one LRM call (a step or a judge score) may take in all: every attempt and "
+            "every wait between attempts; then it fails without another attempt."
+        ),
+    )
+
+
+class ReplyLimitConfig(_Section):
+    """The size bound of a remote LRM reply, scaled by the ``max_tokens`` of its request."""
+
+    bytes_per_token: int = Field(
+        default=2048,
+        ge=1,
+        description="Reply bytes allowed per requested token (JSON, log-probs and SSE framing).",
+    )
+    base_bytes: int = Field(
+        default=65536,
+        ge=1024,
+        description=(
+            "Reply bytes allowed on top, whatever `max_tokens` is. A longer reply is cut off "
+            "there and fails the request without a retry."
+        ),
+    )
 
 
 class RetryConfig(_Section):
@@ -381,6 +415,10 @@ class OpenAICompatibleLRMConfig(_Section):
     )
     retries: RetryConfig = Field(
         default_factory=RetryConfig, description="Retry policy for failed requests."
+    )
+    reply_limit: ReplyLimitConfig = Field(
+        default_factory=ReplyLimitConfig,
+        description="Largest reply: `base_bytes + bytes_per_token * max_tokens` bytes.",
     )
     extra_body: dict[str, Any] = Field(
         default_factory=dict,

@@ -1,7 +1,8 @@
 """The LRM over HTTP: an OpenAI-compatible client and the ``RemoteLRM`` backend.
 
 :class:`OpenAICompatibleClient` talks to vLLM, SGLang, Ollama or a hosted API (sync, async and
-SSE streaming, with retries); :class:`RemoteLRM` uses it to implement
+SSE streaming, with retries, a size bound on every reply and overall deadlines);
+:class:`RemoteLRM` uses it to implement
 :class:`~langchain_rankguide.lrm.LRMBackend`. Requests are built and responses read in
 :mod:`~langchain_rankguide.remote.wire`, retries decided in
 :mod:`~langchain_rankguide.remote.retry`. See ``docs/serving.md``.
@@ -11,9 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from langchain_rankguide.remote.bounds import ReplyLimit
 from langchain_rankguide.remote.client import OpenAICompatibleClient
 from langchain_rankguide.remote.errors import (
+    LRMDeadlineError,
     LRMFallback,
+    LRMReplyTooLargeError,
     LRMStreamCutError,
     LRMUnavailableError,
     RemoteLRMError,
@@ -34,12 +38,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CompletionResult",
+    "LRMDeadlineError",
     "LRMFallback",
+    "LRMReplyTooLargeError",
     "LRMStreamCutError",
     "LRMUnavailableError",
     "OpenAICompatibleClient",
     "RemoteLRM",
     "RemoteLRMError",
+    "ReplyLimit",
     "Request",
     "RetryPolicy",
     "SSEDecoder",

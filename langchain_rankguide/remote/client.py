@@ -23,13 +23,31 @@ an error message or a ``repr``, and scrubbed from error text a server sends back
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import SecretStr
 
+from langchain_rankguide.remote.bounds import (
+    ERROR_BODY_BYTES,
+    BoundedBody,
+    BoundedLines,
+    BoundHit,
+    ReplyLimit,
+)
+from langchain_rankguide.remote.deadline import Clock, async_transport, sync_transport
 from langchain_rankguide.remote.errors import safe_url
 from langchain_rankguide.remote.retry import (
     Attempts,
@@ -61,6 +79,7 @@ __all__ = [
     "ApiKey",
     "CompletionResult",
     "OpenAICompatibleClient",
+    "ReplyLimit",
     "RetryPolicy",
     "SSEDecoder",
     "StreamChunk",
@@ -75,12 +94,16 @@ ApiKey = SecretStr | Callable[[], SecretStr | None] | None
 
 
 class _Call:
-    """One call in flight: where it goes, with which headers, and its attempts so far."""
+    """One call in flight: where it goes, with which headers, its bounds and its attempts."""
 
-    def __init__(self, url: str, headers: dict[str, str], attempts: Attempts) -> None:
+    def __init__(
+        self, url: str, headers: dict[str, str], attempts: Attempts, clock: Clock, cap: int
+    ) -> None:
         self.url = url
         self.headers = headers
         self.attempts = attempts
+        self.clock = clock
+        self.cap = cap
         self.started = time.perf_counter()
 
     def done(self, result: CompletionResult) -> CompletionResult:
@@ -88,21 +111,60 @@ class _Call:
         result.latency_s = time.perf_counter() - self.started
         return result
 
+    def transport_failure(self, exc: httpx.TransportError, status: int | None = None) -> Failure:
+        """How a transport error failed the attempt: a deadline that passed says so."""
+        return self.clock.passed() or transport_failure(exc, status)
 
-def _read(response: httpx.Response, *, chat: bool) -> CompletionResult | Failure:
+    def check(self) -> None:
+        """Raise :class:`BoundHit` once a deadline has passed (between reads)."""
+        if (failure := self.clock.passed()) is not None:
+            raise BoundHit(failure)
+
+
+def _body_reader(response: httpx.Response, cap: int) -> BoundedBody:
+    """Where a reply's body is collected: all of it up to ``cap``, or an error's first bytes."""
+    if response.status_code < 300:
+        return BoundedBody(cap)
+    return BoundedBody(min(cap, ERROR_BODY_BYTES), truncate=True)
+
+
+def _read(response: httpx.Response, body: BoundedBody, *, chat: bool) -> CompletionResult | Failure:
     """A whole response's result, or how it failed."""
     if response.status_code >= 300:
-        return _status_failure(response)
+        return _status_failure(response, body.data)
     try:
-        return parse_completion(response.json(), chat=chat)
-    except ValueError as exc:  # json.JSONDecodeError and MalformedBody
+        return parse_completion(json.loads(body.data), chat=chat)
+    except (ValueError, RecursionError) as exc:  # JSON errors and MalformedBody
         reason = f"malformed response body ({exc})"
         return Failure(status=response.status_code, reason=reason, retryable=True)
 
 
-def _status_failure(response: httpx.Response) -> Failure:
-    reason = error_message(response.text, response.reason_phrase)
+def _status_failure(response: httpx.Response, data: bytes) -> Failure:
+    text = data.decode(response.encoding or "utf-8", errors="replace")
+    reason = error_message(text, response.reason_phrase)
     return status_failure(response.status_code, reason, response.headers.get("retry-after"))
+
+
+def _lines_to_chunks(
+    data: bytes, lines: BoundedLines, parser: StreamParser
+) -> Iterator[StreamChunk]:
+    """The chunks of the events that ``data`` completes (up to ``data: [DONE]``)."""
+    for line in lines.feed(data):
+        if (chunk := parser.feed(line)) is not None:
+            yield chunk
+        if parser.done:
+            return
+
+
+def _last_chunks(lines: BoundedLines, parser: StreamParser) -> Iterator[StreamChunk]:
+    """The chunks of a body that ended without a final line break or blank line."""
+    if parser.done:
+        return
+    for line in lines.close():
+        if (chunk := parser.feed(line)) is not None:
+            yield chunk
+    if (chunk := parser.close()) is not None:
+        yield chunk
 
 
 class OpenAICompatibleClient:
@@ -115,6 +177,14 @@ class OpenAICompatibleClient:
             ``None`` for no ``Authorization`` header.
         connect_timeout_s: seconds to wait for a connection.
         read_timeout_s: seconds to wait for data (each read; for streams, between events).
+        request_timeout_s: seconds one HTTP request may take in all, from connecting to the
+            last byte however slowly it comes (then retried like a timeout); ``None``: no bound.
+        call_timeout_s: seconds one call may take with all its attempts and the waits between
+            them; ``None``: no bound. Past either deadline the call raises
+            :class:`~langchain_rankguide.remote.errors.LRMDeadlineError`.
+        reply_limit: the size bound of a reply, scaled by the request's ``max_tokens``
+            (default :class:`~langchain_rankguide.remote.bounds.ReplyLimit`); a longer reply
+            raises :class:`~langchain_rankguide.remote.errors.LRMReplyTooLargeError`.
         retry: the retry policy (default :class:`RetryPolicy`).
         headers: extra headers sent with every request.
         transport: an ``httpx`` transport for the sync pool (tests, proxies).
@@ -134,6 +204,9 @@ class OpenAICompatibleClient:
         api_key: ApiKey = None,
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 120.0,
+        request_timeout_s: float | None = None,
+        call_timeout_s: float | None = None,
+        reply_limit: ReplyLimit | None = None,
         retry: RetryPolicy | None = None,
         headers: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
@@ -143,6 +216,9 @@ class OpenAICompatibleClient:
         self.model = model
         self._api_key = api_key
         self.timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
+        self.request_timeout_s = request_timeout_s
+        self.call_timeout_s = call_timeout_s
+        self.reply_limit = reply_limit or ReplyLimit()
         self.retry = retry or RetryPolicy()
         self._headers = dict(headers or {})
         self._transport = transport
@@ -167,6 +243,9 @@ class OpenAICompatibleClient:
             api_key=api_key,
             connect_timeout_s=config.timeouts.connect,
             read_timeout_s=config.timeouts.read,
+            request_timeout_s=config.timeouts.request,
+            call_timeout_s=config.timeouts.step,
+            reply_limit=ReplyLimit.from_config(config.reply_limit),
             retry=RetryPolicy.from_config(config.retries),
         )
 
@@ -180,14 +259,16 @@ class OpenAICompatibleClient:
     def sync_client(self) -> httpx.Client:
         """The synchronous connection pool (created on first use)."""
         if self._client is None:
-            self._client = httpx.Client(timeout=self.timeout, transport=self._transport)
+            transport = self._transport or sync_transport()
+            self._client = httpx.Client(timeout=self.timeout, transport=transport)
         return self._client
 
     @property
     def async_client(self) -> httpx.AsyncClient:
         """The asynchronous connection pool (created on first use)."""
         if self._aclient is None:
-            self._aclient = httpx.AsyncClient(timeout=self.timeout, transport=self._async_transport)
+            transport = self._async_transport or async_transport()
+            self._aclient = httpx.AsyncClient(timeout=self.timeout, transport=transport)
         return self._aclient
 
     def close(self) -> None:
@@ -285,19 +366,19 @@ class OpenAICompatibleClient:
     def send(self, request: Request) -> CompletionResult:
         """Send ``request`` and return its result, retrying as the policy allows.
 
+        The reply is read as it arrives and never past its size bound; the request and the
+        whole call are held to their deadlines.
+
         Raises:
             LRMUnavailableError: the request failed after the retries.
+            LRMReplyTooLargeError: the reply passed its size bound.
+            LRMDeadlineError: the request or the call passed its deadline.
             ValueError: neither the request nor the client names a model.
         """
         request = self._resolve(request)
         call = self._start(request)
         while True:
-            try:
-                response = self.sync_client.post(call.url, json=request.body, headers=call.headers)
-            except httpx.TransportError as exc:
-                outcome: CompletionResult | Failure = transport_failure(exc)
-            else:
-                outcome = _read(response, chat=request.chat)
+            outcome = self._attempt(call, request)
             if isinstance(outcome, CompletionResult):
                 return call.done(outcome)
             time.sleep(call.attempts.wait(outcome))
@@ -307,17 +388,52 @@ class OpenAICompatibleClient:
         request = self._resolve(request)
         call = self._start(request)
         while True:
-            try:
-                response = await self.async_client.post(
-                    call.url, json=request.body, headers=call.headers
-                )
-            except httpx.TransportError as exc:
-                outcome: CompletionResult | Failure = transport_failure(exc)
-            else:
-                outcome = _read(response, chat=request.chat)
+            outcome = await self._aattempt(call, request)
             if isinstance(outcome, CompletionResult):
                 return call.done(outcome)
             await asyncio.sleep(call.attempts.wait(outcome))
+
+    def _attempt(self, call: _Call, request: Request) -> CompletionResult | Failure:
+        call.clock.begin_attempt()
+        timeout = call.clock.timeout(self.timeout)
+        try:
+            with (
+                call.clock.active(),
+                self.sync_client.stream(
+                    "POST", call.url, json=request.body, headers=call.headers, timeout=timeout
+                ) as response,
+            ):
+                body = _body_reader(response, call.cap)
+                for data in response.iter_bytes():
+                    body.feed(data)
+                    call.check()
+                    if body.full:
+                        break
+            return _read(response, body, chat=request.chat)
+        except httpx.TransportError as exc:
+            return call.transport_failure(exc)
+        except BoundHit as hit:
+            return hit.failure
+
+    async def _aattempt(self, call: _Call, request: Request) -> CompletionResult | Failure:
+        call.clock.begin_attempt()
+        timeout = call.clock.timeout(self.timeout)
+        try:
+            with call.clock.active():
+                async with self.async_client.stream(
+                    "POST", call.url, json=request.body, headers=call.headers, timeout=timeout
+                ) as response:
+                    body = _body_reader(response, call.cap)
+                    async for data in response.aiter_bytes():
+                        body.feed(data)
+                        call.check()
+                        if body.full:
+                            break
+            return _read(response, body, chat=request.chat)
+        except httpx.TransportError as exc:
+            return call.transport_failure(exc)
+        except BoundHit as hit:
+            return hit.failure
 
     # ------------------------------------------------------------------ streams
 
@@ -328,7 +444,11 @@ class OpenAICompatibleClient:
         Failures before the first chunk is handed out are retried like any request; after
         that, a stream that ends before ``[DONE]`` and before a ``finish_reason`` (or that
         carries an error event or an unreadable event) raises
-        :class:`~langchain_rankguide.remote.errors.LRMStreamCutError`.
+        :class:`~langchain_rankguide.remote.errors.LRMStreamCutError`. The stream is bounded
+        like :meth:`send`: past its size bound or a deadline it raises
+        :class:`~langchain_rankguide.remote.errors.LRMReplyTooLargeError` or
+        :class:`~langchain_rankguide.remote.errors.LRMDeadlineError` (text already handed out
+        is then incomplete).
 
         Raises:
             ValueError: neither the request nor the client names a model.
@@ -343,51 +463,122 @@ class OpenAICompatibleClient:
         call = self._start(request, stream=True)
         while True:
             parser = StreamParser(chat=request.chat)
-            try:
-                with self.sync_client.stream(
-                    "POST", call.url, json=request.body, headers=call.headers
-                ) as response:
-                    if response.status_code < 300:
-                        for line in response.iter_lines():
-                            if (chunk := parser.feed(line)) is not None:
-                                yield chunk
-                            if parser.done:
-                                break
-                        if (chunk := parser.close()) is not None:
-                            yield chunk
-                    else:
-                        response.read()
-                    failure = _stream_outcome(response, parser)
-            except (httpx.TransportError, MalformedBody) as exc:
-                failure = _stream_failure(exc, parser)
+            failure = yield from self._stream_attempt(call, request, parser)
             if failure is None:
                 return
             time.sleep(call.attempts.wait(failure, partial=_handed_out(parser)))
+
+    def _stream_attempt(
+        self, call: _Call, request: Request, parser: StreamParser
+    ) -> Generator[StreamChunk, None, Failure | None]:
+        # The deadline is held around each blocking read only, never across a yield.
+        call.clock.begin_attempt()
+        client = self.sync_client
+        built = client.build_request(
+            "POST",
+            call.url,
+            json=request.body,
+            headers=call.headers,
+            timeout=call.clock.timeout(self.timeout),
+        )
+        try:
+            with call.clock.active():
+                response = client.send(built, stream=True)
+            try:
+                if response.status_code >= 300:
+                    return self._error_failure(call, response)
+                lines, raw = BoundedLines(call.cap), response.iter_bytes()
+                while not parser.done:
+                    with call.clock.active():
+                        data = next(raw, None)
+                    if data is None:
+                        break
+                    yield from _lines_to_chunks(data, lines, parser)
+                    call.check()
+                yield from _last_chunks(lines, parser)
+            finally:
+                response.close()
+        except (httpx.TransportError, MalformedBody) as exc:
+            return _stream_failure(exc, parser, call)
+        except BoundHit as hit:
+            return hit.failure
+        return _stream_outcome(parser)
+
+    def _error_failure(self, call: _Call, response: httpx.Response) -> Failure:
+        body = _body_reader(response, call.cap)
+        with call.clock.active():
+            for data in response.iter_bytes():
+                body.feed(data)
+                if body.full:
+                    break
+        return _status_failure(response, body.data)
+
+    async def _aerror_failure(self, call: _Call, response: httpx.Response) -> Failure:
+        body = _body_reader(response, call.cap)
+        with call.clock.active():
+            async for data in response.aiter_bytes():
+                body.feed(data)
+                if body.full:
+                    break
+        return _status_failure(response, body.data)
 
     async def _astream(self, request: Request) -> AsyncIterator[StreamChunk]:
         call = self._start(request, stream=True)
         while True:
             parser = StreamParser(chat=request.chat)
-            try:
-                async with self.async_client.stream(
-                    "POST", call.url, json=request.body, headers=call.headers
-                ) as response:
-                    if response.status_code < 300:
-                        async for line in response.aiter_lines():
-                            if (chunk := parser.feed(line)) is not None:
-                                yield chunk
-                            if parser.done:
-                                break
-                        if (chunk := parser.close()) is not None:
-                            yield chunk
+            failure: Failure | None = None
+            # Closed here, not by the garbage collector, when the caller stops reading early.
+            async with contextlib.aclosing(self._astream_attempt(call, request, parser)) as items:
+                async for item in items:
+                    if isinstance(item, Failure):
+                        failure = item
                     else:
-                        await response.aread()
-                    failure = _stream_outcome(response, parser)
-            except (httpx.TransportError, MalformedBody) as exc:
-                failure = _stream_failure(exc, parser)
+                        yield item
             if failure is None:
                 return
             await asyncio.sleep(call.attempts.wait(failure, partial=_handed_out(parser)))
+
+    async def _astream_attempt(
+        self, call: _Call, request: Request, parser: StreamParser
+    ) -> AsyncGenerator[StreamChunk | Failure, None]:
+        """Like :meth:`_stream_attempt`; the failure, if any, comes as the last item."""
+        call.clock.begin_attempt()
+        client = self.async_client
+        built = client.build_request(
+            "POST",
+            call.url,
+            json=request.body,
+            headers=call.headers,
+            timeout=call.clock.timeout(self.timeout),
+        )
+        failure: Failure | None
+        try:
+            with call.clock.active():
+                response = await client.send(built, stream=True)
+            try:
+                if response.status_code >= 300:
+                    failure = await self._aerror_failure(call, response)
+                else:
+                    lines, raw = BoundedLines(call.cap), response.aiter_bytes()
+                    while not parser.done:
+                        with call.clock.active():
+                            data = await anext(raw, None)
+                        if data is None:
+                            break
+                        for chunk in _lines_to_chunks(data, lines, parser):
+                            yield chunk
+                        call.check()
+                    for chunk in _last_chunks(lines, parser):
+                        yield chunk
+                    failure = _stream_outcome(parser)
+            finally:
+                await response.aclose()
+        except (httpx.TransportError, MalformedBody) as exc:
+            failure = _stream_failure(exc, parser, call)
+        except BoundHit as hit:
+            failure = hit.failure
+        if failure is not None:
+            yield failure
 
     # ------------------------------------------------------------------ plumbing
 
@@ -403,27 +594,34 @@ class OpenAICompatibleClient:
         key = self._api_key() if callable(self._api_key) else self._api_key
         secret = key.get_secret_value() if key is not None else None
         headers = {"Accept": "text/event-stream" if stream else "application/json"}
+        # An uncompressed reply is counted against its size bound as it arrives; a compressed
+        # one could inflate far past the bound inside a single read.
+        headers["Accept-Encoding"] = "identity"
         headers.update(self._headers)
         if secret:
             headers["Authorization"] = f"Bearer {secret}"
         url = self.base_url + request.path
-        return _Call(url, headers, Attempts(self.retry, url, secret))
+        clock = Clock(self.request_timeout_s, self.call_timeout_s)
+        attempts = Attempts(self.retry, url, secret, clock)
+        return _Call(
+            url, headers, attempts, clock, self.reply_limit.cap(request.body.get("max_tokens"))
+        )
 
 
-def _stream_outcome(response: httpx.Response, parser: StreamParser) -> Failure | None:
+def _stream_outcome(parser: StreamParser) -> Failure | None:
     """How a stream read to its end failed, or ``None`` when it ended properly."""
-    if response.status_code >= 300:
-        return _status_failure(response)
     if parser.complete:
         return None
     return Failure(200, "the stream ended before [DONE] and finish_reason", retryable=True)
 
 
-def _stream_failure(exc: httpx.TransportError | MalformedBody, parser: StreamParser) -> Failure:
+def _stream_failure(
+    exc: httpx.TransportError | MalformedBody, parser: StreamParser, call: _Call
+) -> Failure:
     """How a stream failed while it was read."""
     if isinstance(exc, MalformedBody):
         return Failure(200, str(exc), retryable=True)
-    return transport_failure(exc, 200 if parser.started else None)
+    return call.transport_failure(exc, 200 if parser.started else None)
 
 
 def _handed_out(parser: StreamParser) -> str | None:

@@ -81,6 +81,25 @@ class LRMStreamCutError(LRMUnavailableError):
         super().__init__(url, status, attempts, reason, retryable=retryable)
 
 
+class LRMReplyTooLargeError(LRMUnavailableError):
+    """A reply was longer than its bound: ``lrm.reply_limit`` scaled by the ``max_tokens`` asked.
+
+    Reading stopped at the bound, so a hostile or broken server cannot make the client hold an
+    unbounded reply. Not retried: a server that answers a short request with megabytes will do
+    it again.
+    """
+
+
+class LRMDeadlineError(LRMUnavailableError):
+    """A request or a whole call ran past its overall deadline.
+
+    ``lrm.timeouts.request`` bounds one HTTP request, from connecting to the last byte, however
+    slowly the server trickles its reply (a request past it is retried like a timeout);
+    ``lrm.timeouts.step`` bounds one call (a step or a judge score) with every retry and every
+    wait between them.
+    """
+
+
 class LRMFallback(RemoteLRMError):
     """Signal (not a failure of the run): the LRM is unavailable and policy is ``fallback_srm``.
 

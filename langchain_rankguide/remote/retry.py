@@ -7,6 +7,10 @@
   are idempotent, so another attempt is safe).
 * **Not retried**: any other 4xx (bad request, wrong key, unknown model): it would fail again;
   and an unsupported URL scheme.
+* **Bounds** (:mod:`~langchain_rankguide.remote.bounds`, :mod:`.deadline`): a reply longer
+  than its size bound is not retried (``LRMReplyTooLargeError``); a request past
+  ``lrm.timeouts.request`` is retried like a timeout, but no retry is made once the wait would
+  reach the call's deadline, ``lrm.timeouts.step`` (``LRMDeadlineError``).
 * **Delays**: ``min(backoff_max_s, backoff_base_s * 2**(n - 1))`` before retry ``n``, times a
   random factor in ``[1 - jitter, 1 + jitter]``. A ``Retry-After`` header (seconds or an HTTP
   date) on a 429/503 raises the delay to at least its value, up to ``retry_after_max_s``.
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from langchain_rankguide.remote.errors import (
+    LRMDeadlineError,
     LRMStreamCutError,
     LRMUnavailableError,
     redact,
@@ -35,6 +40,7 @@ from langchain_rankguide.remote.errors import (
 
 if TYPE_CHECKING:
     from langchain_rankguide.config.models import RetryConfig
+    from langchain_rankguide.remote.deadline import Clock
 
 logger = logging.getLogger("langchain_rankguide.remote")
 
@@ -96,12 +102,15 @@ class Failure:
         reason: the server's error message, the transport error, or why the body was unread.
         retryable: whether another attempt may succeed.
         retry_after: the server's ``Retry-After`` in seconds, when it sent one that counts.
+        error: the error raised when this failure ends the call (a subclass of
+            :class:`~langchain_rankguide.remote.errors.LRMUnavailableError` for a bound hit).
     """
 
     status: int | None
     reason: str
     retryable: bool
     retry_after: float | None = None
+    error: type[LRMUnavailableError] = LRMUnavailableError
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -157,12 +166,17 @@ class Attempts:
         policy: the retry policy.
         url: the endpoint called.
         secret: the API key sent with the request, if any.
+        clock: the call's deadlines; no retry is made that could not start before the call's
+            deadline.
     """
 
-    def __init__(self, policy: RetryPolicy, url: str, secret: str | None) -> None:
+    def __init__(
+        self, policy: RetryPolicy, url: str, secret: str | None, clock: Clock | None = None
+    ) -> None:
         self.policy = policy
         self.url = safe_url(url)
         self.number = 1
+        self.clock = clock
         self._secret = secret
 
     def wait(self, failure: Failure, *, partial: str | None = None) -> float:
@@ -174,17 +188,24 @@ class Attempts:
                 none was. A retry would repeat that text, so the caller decides instead.
 
         Raises:
-            LRMStreamCutError: ``partial`` is not ``None``.
+            LRMStreamCutError: ``partial`` is not ``None`` (a bound hit raises its own error).
+            LRMDeadlineError: the call's deadline leaves no time for the wait and another try.
             LRMUnavailableError: the failure is not retried, or the attempts ran out.
         """
         reason = redact(failure.reason, self._secret)
-        if partial is not None:
+        if partial is not None and failure.error is LRMUnavailableError:
             raise LRMStreamCutError(self.url, 200, self.number, reason, partial=partial)
-        if not failure.retryable or self.number >= self.policy.max_attempts:
-            raise LRMUnavailableError(
+        if partial is not None or not failure.retryable or self.number >= self.policy.max_attempts:
+            raise failure.error(
                 self.url, failure.status, self.number, reason, retryable=failure.retryable
             )
         delay = self.policy.delay(self.number, failure.retry_after)
+        if self.clock is not None and self.clock.call_left() <= delay:
+            reason += (
+                f"; no time is left for another attempt within lrm.timeouts.step "
+                f"({self.clock.call_s:g} s)"
+            )
+            raise LRMDeadlineError(self.url, failure.status, self.number, reason)
         logger.warning(
             "LRM request to %s failed (attempt %d/%d, %s: %s); retrying in %.2f s",
             self.url,

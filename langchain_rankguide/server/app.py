@@ -2,7 +2,14 @@
 
 Served models: ``rankguide`` (the whole collaboration), ``srm`` and ``lrm`` (each local model
 alone; also under their identities). Handlers live in :mod:`.handlers`, wire formats in
-:mod:`.protocol`; this module only wires them to HTTP.
+:mod:`.protocol`, connection-level bounds (slow headers, idle connections) in
+:mod:`.connection`; this module only wires them to HTTP.
+
+Bounds a client cannot push past (``docs/reliability.md``): the body is counted as it arrives
+(413 at ``max_body_bytes``, before the rest is read) and must arrive within ``read_timeout_s``
+(408); a non-streamed request whose client hangs up stops generating, as a stream does; and an
+unexpected error is a 500 with ``Connection: close``, so a client's pooled connection is not
+left half-closed.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,11 +26,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import SecretStr, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from langchain_rankguide.errors import InputError, RankGuideError
 from langchain_rankguide.server.handlers import (
@@ -35,11 +44,13 @@ from langchain_rankguide.server.handlers import (
     RankGuideHandler,
 )
 from langchain_rankguide.server.protocol import (
+    BodyError,
     ChatCompletionRequest,
     CompletionRequest,
     chat_body,
     chat_chunk,
     completion_body,
+    decode_body,
     error_body,
     new_id,
     usage_body,
@@ -57,6 +68,8 @@ class ServerLimits:
         max_queue: requests allowed to wait; beyond it the server answers 429 + Retry-After.
         request_timeout_s: per-request deadline; work stops when it passes (504).
         retry_after_s: the ``Retry-After`` value sent with 429.
+        read_timeout_s: seconds a client has to send its request headers, and again its body;
+            a slower client gets 408 and its connection is closed.
     """
 
     max_body_bytes: int = 1 << 20
@@ -65,6 +78,14 @@ class ServerLimits:
     max_queue: int = 32
     request_timeout_s: float = 300.0
     retry_after_s: int = 1
+    read_timeout_s: float = 30.0
+
+
+logger = logging.getLogger("langchain_rankguide.server")
+
+_CLOSE = {"Connection": "close"}
+"""Sent when the request is not read to its end or the app failed: the client must not reuse
+the connection."""
 
 
 class HTTPError(Exception):
@@ -114,11 +135,16 @@ class Admission:
 
 
 class _Guard:
-    """Bearer auth and the declared body size, checked before any route runs.
+    """Bearer auth and the declared body size, checked before any route runs; the last resort.
 
     Plain ASGI on purpose: Starlette's ``BaseHTTPMiddleware`` (``@app.middleware``) wraps
     ``receive`` so that a streaming endpoint never sees the client disconnect, which left
     generation running and its admission slot held after the client went away.
+
+    An error no route turned into a response is logged and answered with a 500 carrying
+    ``Connection: close``. Starlette's own last resort re-raised it, and the server then dropped
+    the connection after the response, which failed the client's next request on that pooled
+    connection.
     """
 
     def __init__(self, app: ASGIApp, *, api_key: SecretStr | None, max_body_bytes: int) -> None:
@@ -145,7 +171,10 @@ class _Guard:
             and int(length) > self.max_body_bytes
         ):
             problem = HTTPError(
-                413, f"request body over {self.max_body_bytes} bytes", "invalid_request_error"
+                413,
+                f"request body over {self.max_body_bytes} bytes",
+                "invalid_request_error",
+                headers=_CLOSE,
             )
         if problem is not None:
             response = JSONResponse(
@@ -155,7 +184,28 @@ class _Guard:
             )
             await response(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            logger.exception("unexpected error serving %s %s", scope["method"], scope["path"])
+            if started:
+                raise  # too late for a status: the server closes the connection
+            response = JSONResponse(
+                error_body("internal server error", "server_error"),
+                status_code=500,
+                headers=_CLOSE,
+            )
+            await response(scope, receive, send)
 
 
 def _sse(data: dict[str, Any] | str) -> bytes:
@@ -184,6 +234,7 @@ def create_app(
     app = FastAPI(title="langchain-rankguide", docs_url=None, redoc_url=None)
     admission = Admission(limits.max_concurrency, limits.max_queue)
     app.state.admission = admission
+    app.state.limits = limits
     created = int(time.time())
 
     def error_response(exc: HTTPError) -> JSONResponse:
@@ -204,19 +255,11 @@ def create_app(
     app.add_middleware(_Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes)
 
     async def parse(request: Request, model_type: type[Any]) -> Any:
-        body = await request.body()
-        if len(body) > limits.max_body_bytes:
-            raise HTTPError(
-                413, f"request body over {limits.max_body_bytes} bytes", "invalid_request_error"
-            )
+        body = await read_body(request, limits)
         try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HTTPError(
-                400, f"request body is not valid JSON: {exc}", "invalid_request_error"
-            ) from None
-        if not isinstance(data, dict):
-            raise HTTPError(400, "request body must be a JSON object", "invalid_request_error")
+            data = decode_body(body)
+        except BodyError as exc:
+            raise HTTPError(400, str(exc), "invalid_request_error", param=exc.param) from None
         try:
             parsed = model_type.model_validate(data)
         except ValidationError as exc:
@@ -274,18 +317,9 @@ def create_app(
         generation = start(cancelled)
         if not streaming:
             try:
-                pieces, outcome = await run_in_threadpool(_drain, generation)
-            except Cancelled:
-                raise HTTPError(504, "request deadline passed", "timeout_error") from None
-            except InputError as exc:
-                raise HTTPError(400, str(exc), "invalid_request_error") from None
-            except RankGuideError as exc:
-                raise HTTPError(
-                    502 if "LRM" in type(exc).__name__ else 500, str(exc), "server_error"
-                ) from None
+                return await _whole(request, generation, stop, render)
             finally:
                 release()
-            return JSONResponse(render.whole(pieces, outcome))
 
         async def events() -> AsyncIterator[bytes]:
             try:
@@ -303,6 +337,11 @@ def create_app(
                         return
                     except RankGuideError as exc:
                         yield _sse(error_body(str(exc), "server_error"))
+                        return
+                    except Exception:
+                        # The status is sent: end the stream with an error event, cleanly.
+                        logger.exception("unexpected error in a stream")
+                        yield _sse(error_body("internal server error", "server_error"))
                         return
                     if isinstance(item, Outcome):
                         for chunk in render.final(item):
@@ -355,6 +394,74 @@ def create_app(
         )
 
     return app
+
+
+async def read_body(request: Request, limits: ServerLimits) -> bytes:
+    """The request body, counted as it arrives and read within ``limits.read_timeout_s``.
+
+    Raises:
+        HTTPError: 413 once the body passes ``limits.max_body_bytes`` (the rest is not read),
+            408 when it does not arrive in time, 400 when the client hangs up half-way.
+    """
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(limits.read_timeout_s):
+            async for part in request.stream():
+                size += len(part)
+                if size > limits.max_body_bytes:
+                    raise HTTPError(
+                        413,
+                        f"request body over {limits.max_body_bytes} bytes",
+                        "invalid_request_error",
+                        headers=_CLOSE,
+                    )
+                parts.append(part)
+    except TimeoutError:
+        raise HTTPError(
+            408,
+            f"request body not received within {limits.read_timeout_s:g} s",
+            "timeout_error",
+            headers=_CLOSE,
+        ) from None
+    except ClientDisconnect:
+        raise HTTPError(400, "the client closed the connection", "invalid_request_error") from None
+    return b"".join(parts)
+
+
+async def _whole(
+    request: Request, generation: Generation, stop: threading.Event, render: Any
+) -> Response:
+    """Run a non-streamed generation to its end, stopping it if the client hangs up."""
+    watcher = asyncio.create_task(_watch_disconnect(request, stop))
+    try:
+        pieces, outcome = await run_in_threadpool(_drain, generation)
+    except Cancelled:
+        if stop.is_set():  # only the watcher sets it here: the client is gone
+            return Response(status_code=499)
+        raise HTTPError(504, "request deadline passed", "timeout_error") from None
+    except InputError as exc:
+        raise HTTPError(400, str(exc), "invalid_request_error") from None
+    except RankGuideError as exc:
+        raise HTTPError(
+            502 if "LRM" in type(exc).__name__ else 500, str(exc), "server_error"
+        ) from None
+    finally:
+        watcher.cancel()
+    return JSONResponse(render.whole(pieces, outcome))
+
+
+async def _watch_disconnect(request: Request, stop: threading.Event) -> None:
+    """Set ``stop`` when the client hangs up (the body is read, so only that can arrive)."""
+    try:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                stop.set()
+                return
+            await asyncio.sleep(0.05)  # a server that answers at once must not make this spin
+    except Exception:  # a broken receive: nothing to watch; the deadline still holds
+        logger.debug("cannot watch for a disconnect", exc_info=True)
 
 
 def _next(generation: Generation) -> Piece | Outcome:

@@ -1,18 +1,113 @@
 """OpenAI-compatible request models and response builders (the wire format only).
 
-Requests are validated by pydantic: wrong types and out-of-range values become 400 errors
-naming the field. Unknown top-level fields are ignored, as OpenAI clients send fields a server
-may not use (``user``, ``stream_options``...); RankGuide's own options travel in the vendor
-field ``rankguide`` (``extra_body={"rankguide": {...}}`` in the ``openai`` client).
+Bodies are decoded by :func:`decode_body`, which refuses what no model should see: JSON nested
+deeper than :data:`MAX_JSON_DEPTH`, integers longer than :data:`MAX_INTEGER_DIGITS` digits and
+text holding lone surrogates (not valid Unicode). Requests are then validated by pydantic: wrong
+types and out-of-range values become 400 errors naming the field. Unknown top-level fields are
+ignored, as OpenAI clients send fields a server may not use (``user``, ``stream_options``...);
+RankGuide's own options travel in the vendor field ``rankguide`` (``extra_body={"rankguide":
+{...}}`` in the ``openai`` client).
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects a request body may have (OpenAI requests need < 10)."""
+
+MAX_INTEGER_DIGITS = 20
+"""Longest integer literal a request body may hold (a 64-bit integer has at most 20 digits)."""
+
+
+class BodyError(ValueError):
+    """A request body that is not an acceptable JSON object.
+
+    Attributes:
+        param: the field at fault (``messages.0.content``), or ``None`` for the whole body.
+    """
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class _IntegerTooLong(ValueError):
+    pass
+
+
+def _bounded_int(literal: str) -> int:
+    # int() of a long literal is quadratic, and Python refuses past 4300 digits with an error
+    # that is not a JSON error; both are stopped here, before the conversion.
+    if len(literal.lstrip("-")) > MAX_INTEGER_DIGITS:
+        raise _IntegerTooLong(
+            f"request body holds an integer of {len(literal.lstrip('-'))} digits "
+            f"(at most {MAX_INTEGER_DIGITS})"
+        )
+    return int(literal)
+
+
+def decode_body(raw: bytes) -> dict[str, Any]:
+    """Decode a request body: a JSON object, bounded in depth and integer size, valid Unicode.
+
+    Raises:
+        BodyError: the body is not JSON, not an object, nested too deeply, holds an oversized
+            integer, or holds a lone surrogate (``param`` then names the field).
+    """
+    try:
+        data = json.loads(raw, parse_int=_bounded_int)
+    except _IntegerTooLong as exc:
+        raise BodyError(str(exc)) from None
+    except RecursionError:
+        raise BodyError(_too_deep()) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise BodyError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BodyError("request body must be a JSON object")
+    _check_values(data)
+    return data
+
+
+def _too_deep() -> str:
+    return f"request body is nested more than {MAX_JSON_DEPTH} levels deep"
+
+
+def _check_values(data: dict[str, Any]) -> None:
+    """Walk the decoded body (without recursion): bounded depth, valid Unicode everywhere."""
+    stack: list[tuple[Any, tuple[str, ...]]] = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            _check_text(value, path)
+        elif isinstance(value, (dict, list)):
+            if len(path) >= MAX_JSON_DEPTH:
+                raise BodyError(_too_deep(), ".".join(path) or None)
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                here = (*path, str(key))
+                if isinstance(key, str):
+                    _check_text(key, here)
+                stack.append((item, here))
+
+
+def _check_text(text: str, path: tuple[str, ...]) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # The path may end in the very key at fault: escape it, or the error cannot be sent.
+        where = ".".join(part.encode("utf-8", "backslashreplace").decode() for part in path)
+        raise BodyError(
+            f"{where}: the text holds a lone surrogate ({text[exc.start]!a}), which is not "
+            "valid Unicode",
+            where,
+        ) from None
 
 
 class RankGuideExtras(BaseModel):
@@ -33,6 +128,10 @@ class RankGuideExtras(BaseModel):
 RESERVED_TEMPLATE_KWARGS = frozenset(
     {
         "conversation",
+        "messages",
+        "tools",
+        "documents",
+        "sanitize_control_tokens",
         "chat_template",
         "tokenize",
         "add_generation_prompt",
@@ -46,8 +145,10 @@ RESERVED_TEMPLATE_KWARGS = frozenset(
         "tokenizer_kwargs",
     }
 )
-"""``apply_chat_template`` arguments a request may not set through ``chat_template_kwargs``: the
-server sets them, and a client-supplied template (``chat_template``) is never rendered."""
+"""``apply_chat_template`` arguments and template variables a request may not set through
+``chat_template_kwargs``: the server sets them (``messages``, ``tools`` and ``documents`` are
+passed to the template by name, so a second value fails), and a client-supplied template
+(``chat_template``) is never rendered."""
 
 
 class _Request(BaseModel):
