@@ -12,6 +12,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from jinja2 import TemplateError
+
 from langchain_rankguide.engine import LoadedModel, SamplingSettings, StepEngine, StepSettings
 from langchain_rankguide.errors import ConfigError, InputError, RankGuideError
 from langchain_rankguide.lrm import render_prompt
@@ -120,14 +122,19 @@ class PlainModelHandler:
     def chat(self, request: ChatCompletionRequest, cancelled: Callable[[], bool]) -> Generation:
         """Render the messages with the model's chat template and generate."""
         messages = [m.to_template() for m in request.messages]
-        prompt = self.loaded.tokenizer.apply_chat_template(
-            messages,
-            tokenize=False,
-            add_generation_prompt=request.add_generation_prompt
-            and not request.continue_final_message,
-            continue_final_message=request.continue_final_message,
-            **request.chat_template_kwargs,
-        )
+        try:
+            prompt = self.loaded.tokenizer.apply_chat_template(
+                messages,
+                tokenize=False,
+                add_generation_prompt=request.add_generation_prompt
+                and not request.continue_final_message,
+                continue_final_message=request.continue_final_message,
+                **request.chat_template_kwargs,
+            )
+        except (TypeError, ValueError, TemplateError) as exc:
+            # A request's template kwargs can shadow what the template calls: that is the
+            # request's fault (400), not the server's.
+            raise InputError(f"the chat template cannot render this request: {exc}") from None
         return (yield from self._generate(str(prompt), request.token_limit(), request, cancelled))
 
     def complete(self, request: CompletionRequest, cancelled: Callable[[], bool]) -> Generation:
