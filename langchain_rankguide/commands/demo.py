@@ -35,10 +35,11 @@ def register(subparsers: Any) -> None:
         "--quick", action="store_true", help="tiny models and a few steps: a smoke test"
     )
     train.add_argument(
-        "--stage1-from",
+        "--resume-from",
         type=Path,
         metavar="DIR",
-        help="continue from the stage-1 models in DIR/srm and DIR/lrm instead of training them",
+        help="continue from the models in DIR/srm and DIR/lrm, skipping the stages their "
+        "training.json records",
     )
     train.set_defaults(handler=train_command)
 
@@ -85,7 +86,7 @@ def train_command(args: argparse.Namespace) -> int:
         which=args.which,
         seed=args.seed,
         quick=args.quick,
-        stage1_from=args.stage1_from,
+        resume_from=args.resume_from,
     )
     return 0
 

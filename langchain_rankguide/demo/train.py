@@ -141,27 +141,43 @@ LRM_RECIPE = ModelRecipe(
     eval_problems=128,
 )
 #: Stage 2 continues stage 1's weights on the wider mixture: every question wording, 1-6
-#: operations and tool dialogues for both; the LRM also takes over SRM-written prefixes.
-STAGE2_RECIPES: dict[str, ModelRecipe] = {
-    "srm": replace(
-        SRM_RECIPE,
-        lr=2e-3,
-        warmup=20,
-        max_steps=400,
-        eval_every=50,
-        eval_from=50,
-        stop_above=None,
-        mixture=(("own", 0.7), ("tools", 0.25), ("tools_arith", 0.05)),
+#: operations and tool dialogues for both; the LRM also takes over SRM-written prefixes. The
+#: LRM's stage 3 is heavier on tool dialogues: after stage 2 it wrote well-formed calls and
+#: copied argument values, but not yet tool and parameter names (docs/demo.md).
+LATER_STAGES: dict[str, tuple[ModelRecipe, ...]] = {
+    "srm": (
+        replace(
+            SRM_RECIPE,
+            lr=2e-3,
+            warmup=20,
+            max_steps=400,
+            eval_every=50,
+            eval_from=50,
+            stop_above=None,
+            mixture=(("own", 0.7), ("tools", 0.25), ("tools_arith", 0.05)),
+        ),
     ),
-    "lrm": replace(
-        LRM_RECIPE,
-        lr=1e-3,
-        warmup=50,
-        max_steps=1000,
-        eval_every=500,
-        eval_from=500,
-        mixture=(("own", 0.3), ("takeover", 0.35), ("tools", 0.3), ("tools_arith", 0.05)),
-        prefix_pool=2000,
+    "lrm": (
+        replace(
+            LRM_RECIPE,
+            lr=1e-3,
+            warmup=50,
+            max_steps=1000,
+            eval_every=500,
+            eval_from=500,
+            mixture=(("own", 0.3), ("takeover", 0.35), ("tools", 0.3), ("tools_arith", 0.05)),
+            prefix_pool=2000,
+        ),
+        replace(
+            LRM_RECIPE,
+            lr=5e-4,
+            warmup=20,
+            max_steps=400,
+            eval_every=400,
+            eval_from=400,
+            mixture=(("own", 0.15), ("takeover", 0.2), ("tools", 0.6), ("tools_arith", 0.05)),
+            prefix_pool=1000,
+        ),
     ),
 }
 QUICK_RECIPES: dict[str, ModelRecipe] = {
@@ -657,7 +673,7 @@ def write_model_card(folder: Path) -> None:
         if recipe.get("keyed_checks", True)
         else "Wait, check 72 - 39: 72 - 39 = 33, correct."
     )
-    stages = [record["stage1"], record] if "stage1" in record else [record]
+    stages = stage_records(record)
     card = MODEL_CARD.format(
         role=ROLES.get(recipe["name"], recipe["name"]),
         check_example=check_example,
@@ -691,12 +707,12 @@ def save_model(
     folder: Path,
     *,
     seed: int,
-    stage1: dict[str, Any] | None = None,
+    earlier: Sequence[dict[str, Any]] = (),
 ) -> None:
     """Write a complete Hugging Face folder: weights, config, tokenizer, card and record.
 
-    With ``stage1`` (the first stage's record), the record is the second stage's, with the
-    first kept under ``"stage1"`` and CPU time summed over both.
+    The record is the last stage's; ``earlier`` stages' records are kept under ``"stages"``
+    and CPU time is summed over all of them (``"total_cpu_seconds"``).
     """
     folder.mkdir(parents=True, exist_ok=True)
     result.model.save_pretrained(folder, safe_serialization=True)
@@ -705,41 +721,48 @@ def save_model(
     for path in folder.iterdir():
         path.chmod(0o644)
     record = _record(result, recipe, seed)
-    if stage1 is not None:
-        record["stage1"] = stage1
+    if earlier:
+        record["stages"] = list(earlier)
         record["total_cpu_seconds"] = round(
-            stage1["train_cpu_seconds"] + record["train_cpu_seconds"], 1
+            sum(r["train_cpu_seconds"] for r in (*earlier, record)), 1
         )
     (folder / "training.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     write_model_card(folder)
 
 
-def _stage1(
+def stage_records(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every stage's record of a model, first to last, from its ``training.json``."""
+    earlier = record.get("stages") or ([record["stage1"]] if "stage1" in record else [])
+    last = {k: v for k, v in record.items() if k not in ("stages", "stage1")}
+    return [*earlier, last]
+
+
+def _start(
     name: str,
     tokenizer: PreTrainedTokenizerFast,
     *,
     seed: int,
     quick: bool,
-    reuse: Path | None,
+    resume: Path | None,
     log: Callable[[str], None],
-) -> tuple[Any, dict[str, Any]]:
-    """Stage-1 weights and record: trained by the stage-1 recipe, or reused from ``reuse``."""
-    if reuse is not None:
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Weights and stage records to continue from: resumed from ``resume``, or stage 1."""
+    if resume is not None:
         from transformers import AutoModelForCausalLM
 
-        folder = reuse / name
-        record = json.loads((folder / "training.json").read_text(encoding="utf-8"))
-        record = record.get("stage1", record)
-        log(f"[{name}] stage 1: reusing {folder} ({record['train_cpu_seconds']:.0f} CPU-s)")
-        return AutoModelForCausalLM.from_pretrained(folder, local_files_only=True), record
+        folder = resume / name
+        records = stage_records(json.loads((folder / "training.json").read_text("utf-8")))
+        cpu = sum(r["train_cpu_seconds"] for r in records)
+        log(f"[{name}] resuming {folder} after {len(records)} stage(s) ({cpu:.0f} CPU-s)")
+        return AutoModelForCausalLM.from_pretrained(folder, local_files_only=True), records
     from langchain_rankguide.demo.tokenizer import V1_VOCAB_SIZE
 
     recipe = QUICK_RECIPES[name] if quick else (SRM_RECIPE if name == "srm" else LRM_RECIPE)
     # Stage 1 sees only the first version's vocabulary: its weights do not depend on the
-    # tokens stage 2 adds.
+    # tokens later stages add.
     model = build_model(recipe, tokenizer, vocab_size=V1_VOCAB_SIZE)
     result = train_model(recipe, tokenizer, seed=seed, log=log, model=model)
-    return result.model, _record(result, recipe, seed)
+    return result.model, [_record(result, recipe, seed)]
 
 
 def _mixture(
@@ -770,29 +793,27 @@ def train_demo(
     which: str = "both",
     seed: int = 0,
     quick: bool = False,
-    stage1_from: Path | None = None,
+    resume_from: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, TrainResult]:
-    """Train the demo models in two stages and write them as ``out/srm`` and ``out/lrm``.
+    """Train the demo models stage by stage and write them as ``out/srm`` and ``out/lrm``.
 
-    Stage 1 trains each model from scratch on its own canonical traces; stage 2 continues on
-    the mixture of :data:`STAGE2_RECIPES` (question wordings, tools; the LRM also takes over
-    prefixes decoded from the finished SRM, so the SRM is trained first).
+    Stage 1 trains each model from scratch on its own canonical traces; the later stages of
+    :data:`LATER_STAGES` continue on mixtures (question wordings, tools; the LRM also takes
+    over prefixes decoded from the finished SRM, so the SRM is trained first).
 
     Args:
         out: Output folder; default the package's shipped models folder.
         which: ``"srm"``, ``"lrm"`` or ``"both"`` (``"lrm"`` decodes ``out/srm``).
         seed: Seed of everything.
         quick: Tiny models and a few steps (a smoke test of the pipeline, seconds).
-        stage1_from: A folder with ``srm``/``lrm`` stage-1 models to continue from instead of
-            training stage 1 (its ``training.json`` records are kept).
+        resume_from: A folder with ``srm``/``lrm`` models to continue from: the stages their
+            ``training.json`` records are skipped (their records are kept).
         log: Where progress lines go.
 
     Returns:
-        The stage-2 training result per model name.
+        The last stage's training result per model name.
     """
-    from transformers import AutoModelForCausalLM
-
     from langchain_rankguide.demo.tokenizer import build_tokenizer
 
     if which not in ("srm", "lrm", "both"):
@@ -802,27 +823,60 @@ def train_demo(
     names = ("srm", "lrm") if which == "both" else (which,)
     results: dict[str, TrainResult] = {}
     for name in names:
-        model, stage1 = _stage1(name, tokenizer, seed=seed, quick=quick, reuse=stage1_from, log=log)
+        model, records = _start(
+            name, tokenizer, seed=seed, quick=quick, resume=resume_from, log=log
+        )
         model.resize_token_embeddings(len(tokenizer))
-        recipe = STAGE2_RECIPES[name]
-        if quick:
-            pool = 4 if recipe.prefix_pool else 0
-            recipe = replace(QUICK_RECIPES[name], mixture=recipe.mixture, prefix_pool=pool)
-        srm = None
-        if recipe.prefix_pool:
-            srm = AutoModelForCausalLM.from_pretrained(out / "srm", local_files_only=True)
-        stream = BatchStream(
-            tokenizer,
-            seed=seed * 1000 + (11 if name == "srm" else 12),
-            batch=recipe.batch,
-            system_rate=recipe.system_rate,
-            example_fn=_mixture(recipe, tokenizer, srm, seed, log),
-        )
-        result = train_model(recipe, tokenizer, seed=seed, log=log, model=model, stream=stream)
-        save_model(result, recipe, tokenizer, out / name, seed=seed, stage1=stage1)
-        log(
-            f"[{name}] saved to {out / name} (stage 2: {result.cpu_seconds:.0f} CPU-s, "
-            f"{result.seconds:.0f} s wall)"
-        )
+        if len(records) > len(LATER_STAGES[name]):
+            log(f"[{name}] every stage is done already: nothing to train")
+            continue
+        for index in range(len(records) - 1, len(LATER_STAGES[name])):
+            recipe = _stage_recipe(name, index, quick)
+            result = _train_stage(
+                recipe, model, tokenizer, out=out, seed=seed, index=index, log=log
+            )
+            model = result.model
+            if index + 1 < len(LATER_STAGES[name]):
+                records.append(_record(result, recipe, seed))
+        save_model(result, recipe, tokenizer, out / name, seed=seed, earlier=records)
+        log(f"[{name}] saved to {out / name}")
         results[name] = result
     return results
+
+
+def _stage_recipe(name: str, index: int, quick: bool) -> ModelRecipe:
+    recipe = LATER_STAGES[name][index]
+    if not quick:
+        return recipe
+    pool = 4 if recipe.prefix_pool else 0
+    return replace(QUICK_RECIPES[name], mixture=recipe.mixture, prefix_pool=pool)
+
+
+def _train_stage(
+    recipe: ModelRecipe,
+    model: Any,
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    out: Path,
+    seed: int,
+    index: int,
+    log: Callable[[str], None],
+) -> TrainResult:
+    """Train one later stage (``index`` 0 is stage 2) on its mixture."""
+    from transformers import AutoModelForCausalLM
+
+    srm = None
+    if recipe.prefix_pool:
+        srm = AutoModelForCausalLM.from_pretrained(out / "srm", local_files_only=True)
+    stream = BatchStream(
+        tokenizer,
+        seed=seed * 1000 + (11 if recipe.name == "srm" else 12) + 10 * index,
+        batch=recipe.batch,
+        system_rate=recipe.system_rate,
+        example_fn=_mixture(recipe, tokenizer, srm, seed + index, log),
+    )
+    log(f"[{recipe.name}] stage {index + 2}")
+    result = train_model(recipe, tokenizer, seed=seed, log=log, model=model, stream=stream)
+    seconds = f"{result.cpu_seconds:.0f} CPU-s, {result.seconds:.0f} s wall"
+    log(f"[{recipe.name}] stage {index + 2}: {seconds}")
+    return result
