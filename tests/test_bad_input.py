@@ -317,8 +317,8 @@ def test_cli_config_path_that_is_not_a_small_regular_file(
 def test_cli_device_this_torch_lacks(
     capsys: pytest.CaptureFixture[str], tiny_pair: tuple[Path, Path], work: Path
 ) -> None:
-    """``srm.device: cuda`` on a CPU-only torch: refused by `config validate` (naming the field)
-    and by a run before any weights are read (it was an AssertionError traceback)."""
+    """``srm.device: cuda`` on a CPU-only torch: refused by `config validate` and by a run
+    before any weights are read, both naming the field (it was an AssertionError traceback)."""
     config = write_config(work / "cuda.yaml", tiny_data(tiny_pair, srm={"device": "cuda"}))
     assert_one_line_error(
         *cli(capsys, "config", "validate", str(config))[::2],
@@ -327,7 +327,7 @@ def test_cli_device_this_torch_lacks(
     )
     assert_one_line_error(
         *cli(capsys, "run", "--config", str(config), "--json", "go")[::2],
-        "on device 'cuda'",
+        "srm.device: 'cuda' cannot be used",
         "CUDA is not available",
     )
 
