@@ -385,8 +385,8 @@ def evaluate(
         lrm: Model spec of the LRM.
         max_trace_tokens: Decoded-token budget of one trace.
         log: Where progress lines go (``None``: silent).
-        skills_n: Problems (tool dialogues: two thirds as many) for the takeover, wording
-            and tool-call figures; 0 skips them.
+        skills_n: Problems (at most ``n``; tool dialogues: two thirds as many) for the
+            takeover, wording and tool-call figures; 0 skips them.
 
     Returns:
         The report.
@@ -419,7 +419,15 @@ def evaluate(
         reports[name] = model_report(name, loaded, records, speed)
     srm_report, lrm_report = reports["srm"], reports["lrm"]
     skills = (
-        measure_skills(models, problems, all_records["srm"], n=skills_n, seed=seed, say=say)
+        measure_skills(
+            models,
+            problems,
+            all_records["srm"],
+            n=min(skills_n, n),
+            seed=seed,
+            say=say,
+            budget=max_trace_tokens,
+        )
         if skills_n
         else {}
     )
@@ -443,6 +451,7 @@ def measure_skills(
     n: int,
     seed: int,
     say: Callable[[str], None],
+    budget: int = MAX_TRACE_TOKENS,
 ) -> dict[str, dict[str, Any]]:
     """Takeover accuracy (first ``n`` SRM traces), wording and tool-call accuracy per model."""
     from langchain_rankguide.demo import skills
@@ -450,12 +459,12 @@ def measure_skills(
     rates: dict[str, skills.Rate] = {}
     say(f"[skills] takeover from the SRM's first {n} held-out traces")
     rates["takeover"] = skills.takeover_accuracy(
-        models["lrm"], problems[:n], [r.steps for r in srm_records[:n]]
+        models["lrm"], problems[:n], [r.steps for r in srm_records[:n]], budget=budget
     )
     worded = skills.worded_problems(n, seed)
     for name, loaded in models.items():
         say(f"[skills] {name}: {n} worded questions, {2 * n // 3} tool dialogues")
-        rates[f"{name}_wording"] = skills.wording_accuracy(loaded, name, worded)
+        rates[f"{name}_wording"] = skills.wording_accuracy(loaded, name, worded, budget=budget)
         rates[f"{name}_tool_calls"] = skills.tool_call_accuracy(loaded, 2 * n // 3, seed)
     return {
         key: {"hits": r.hits, "n": r.n, "value": r.value, "interval": r.interval}

@@ -80,7 +80,11 @@ def continue_greedy(engine: Any, text: str, budget: int = MAX_TRACE_TOKENS) -> l
 
 
 def takeover_accuracy(
-    lrm: Any, problems: Sequence[Problem], srm_traces: Sequence[Sequence[str]]
+    lrm: Any,
+    problems: Sequence[Problem],
+    srm_traces: Sequence[Sequence[str]],
+    *,
+    budget: int = MAX_TRACE_TOKENS,
 ) -> Rate:
     """LRM continuations from every accepted, unanswered prefix of the SRM's traces."""
     engine = _engine(lrm, "lrm")
@@ -91,7 +95,7 @@ def takeover_accuracy(
             verdict = verify_steps(problem, steps[:cut])
             if verdict.answer is not None or not verdict.all_steps_correct:
                 break
-            continuation = continue_greedy(engine, prompt + "".join(steps[:cut]))
+            continuation = continue_greedy(engine, prompt + "".join(steps[:cut]), budget)
             n += 1
             hits += verify_steps(problem, [*steps[:cut], *continuation]).correct
     return Rate(hits, n)
@@ -107,11 +111,17 @@ def worded_problems(n: int, seed: int) -> list[tuple[Problem, str]]:
     return [(p, render_question(p.start, p.ops, rng.choice(forms))) for p in problems]
 
 
-def wording_accuracy(loaded: Any, role: str, worded: Sequence[tuple[Problem, str]]) -> Rate:
+def wording_accuracy(
+    loaded: Any,
+    role: str,
+    worded: Sequence[tuple[Problem, str]],
+    *,
+    budget: int = MAX_TRACE_TOKENS,
+) -> Rate:
     """Share of worded questions answered right (greedy, through the step engine)."""
     engine = _engine(loaded, role)
     hits = sum(
-        verify_steps(problem, continue_greedy(engine, _prompt(loaded, question))).correct
+        verify_steps(problem, continue_greedy(engine, _prompt(loaded, question), budget)).correct
         for problem, question in worded
     )
     return Rate(hits, len(worded))
