@@ -14,7 +14,7 @@ answer's tokens as they come; the per-step records ride on the final message's
 Example:
     >>> from graphs.agent_graph import build_agent_graph  # doctest: +SKIP
     >>> graph = build_agent_graph()  # doctest: +SKIP
-    >>> out = graph.invoke({"messages": [("user", "Start at 9. Add 4. What is the result?")]})
+    >>> out = graph.invoke({"messages": [("user", "Start at 19. Add 4. What is the result?")]})
 """
 
 import os

@@ -106,7 +106,7 @@ class ChatSteeredHuggingFace(StreamFirstChatModel):
 
     Example:
         >>> chat = ChatSteeredHuggingFace(model="demo:srm", temperature=0, max_tokens=48)
-        >>> chat.invoke("Start at 7. Add 5. What is the result?", stop=["Answer"])  # doctest: +SKIP
+        >>> chat.invoke("Start at 17. Add 5. What is the result?", stop=["Answer"])  # doctest: +SKIP
     """
 
     model_config = ConfigDict(populate_by_name=True, protected_namespaces=())

@@ -141,9 +141,8 @@ LRM_RECIPE = ModelRecipe(
     eval_problems=128,
 )
 #: Stage 2 continues stage 1's weights on the wider mixture: every question wording, 1-6
-#: operations and tool dialogues for both; the LRM also takes over SRM-written prefixes. The
-#: LRM's stage 3 is heavier on tool dialogues: after stage 2 it wrote well-formed calls and
-#: copied argument values, but not yet tool and parameter names (docs/demo.md).
+#: operations and tool dialogues for both; the LRM also takes over SRM-written prefixes.
+#: (A tools-heavier third stage was tried and not kept: docs/demo.md says why.)
 LATER_STAGES: dict[str, tuple[ModelRecipe, ...]] = {
     "srm": (
         replace(
@@ -167,16 +166,6 @@ LATER_STAGES: dict[str, tuple[ModelRecipe, ...]] = {
             eval_from=500,
             mixture=(("own", 0.3), ("takeover", 0.35), ("tools", 0.3), ("tools_arith", 0.05)),
             prefix_pool=2000,
-        ),
-        replace(
-            LRM_RECIPE,
-            lr=5e-4,
-            warmup=20,
-            max_steps=400,
-            eval_every=400,
-            eval_from=400,
-            mixture=(("own", 0.15), ("takeover", 0.2), ("tools", 0.6), ("tools_arith", 0.05)),
-            prefix_pool=1000,
         ),
     ),
 }
