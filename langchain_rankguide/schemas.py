@@ -17,7 +17,10 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, TypedDict, get_args
+from typing import Any, Literal, get_args
+
+# typing_extensions' TypedDict: pydantic (LangGraph's JSON schemas) rejects typing's before 3.12.
+from typing_extensions import TypedDict
 
 from langchain_rankguide.errors import CalibrationError
 
@@ -35,6 +38,37 @@ author (``srm``/``lrm`` policies, budget rules)."""
 
 FinishReason = Literal["delimiter", "end_marker", "stop", "eos", "max_tokens", "budget"]
 """Why a step's generation stopped (``stop``: a per-call stop string)."""
+
+ChatFinishReason = Literal["stop", "length"]
+"""A run's end in chat terms (OpenAI's ``finish_reason``): ``length`` when a limit cut it."""
+
+LENGTH_STOPS = frozenset({"budget", "max_steps"})
+"""Graph stop reasons that are limits (the thinking budget, the step cap), not a natural end."""
+
+_LENGTH_STEP_ENDS = frozenset({"max_tokens", "budget"})
+
+
+def chat_finish_reason(
+    stop_reason: str | None, steps: Iterable[Mapping[str, Any]] = ()
+) -> ChatFinishReason:
+    """The chat ``finish_reason`` of a run: ``length`` or ``stop``.
+
+    ``length`` when the run hit its thinking budget or step cap -- even when an answer was then
+    forced, since that answer cut the reasoning short -- or when the answer step itself was cut
+    at its token cap. Every other end (an answer, EOS, the end-of-thinking marker, a repetition
+    stop) is ``stop``. The one mapping of the chat models, the server and the graph's reply.
+
+    Args:
+        stop_reason: the graph's stop reason (``answer``, ``eos``, ``budget``, ...).
+        steps: the committed step records (``StepRecord.to_dict()``).
+    """
+    if stop_reason in LENGTH_STOPS:
+        return "length"
+    answer = next((s for s in reversed(list(steps)) if s.get("is_answer")), None)
+    if answer is not None and answer.get("finish_reason") in _LENGTH_STEP_ENDS:
+        return "length"
+    return "stop"
+
 
 SignalValue = float | None
 """A signal's value: a finite float, or ``None`` with a reason recorded beside it."""
