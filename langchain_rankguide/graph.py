@@ -88,8 +88,9 @@ class RankGuideInput(TypedDict, total=False):
 
 
 class RankGuideState(RankGuideInput, total=False):
-    """The graph's state: JSON-native, but for a conversation's messages (which LangGraph's
-    checkpointers store as they are).
+    """The graph's state: JSON-native but for a conversation's messages.
+
+    LangGraph's checkpointers store messages as they are, so any checkpointer still can.
 
     Attributes:
         question: the problem (the last user message for a conversation).
@@ -557,15 +558,17 @@ class _Nodes:
             "correct": verify_answer(state.get("question", ""), answer, self.pipeline.grading_task),
             "stop_reason": state.get("stop_reason") or "answer",
         }
-        reply = self._reply(state, result)
-        self.messages_stream.close(config, _prompt_of(state), reply)
-        self.pipeline.end_session(state["run_id"])
         # The prompt was this run's: a later run on the thread gets its own from its input.
         update: dict[str, Any] = {**result, "prompt": None}
-        if chat.needs_answer(state.get("messages") or []):
-            # A conversation gets its reply; a question or prompt run keeps the state
-            # JSON-native (the answer is in ``answer``).
-            update["messages"] = [reply]
+        # A conversation gets its reply; a question or prompt run keeps the state JSON-native
+        # (the answer is in ``answer``), and builds the reply only for a messages stream.
+        answers = chat.needs_answer(state.get("messages") or [])
+        if answers or self.messages_stream.active(config):
+            reply = self._reply(state, result)
+            self.messages_stream.close(config, _prompt_of(state), reply)
+            if answers:
+                update["messages"] = [reply]
+        self.pipeline.end_session(state["run_id"])
         return update
 
     def _reply(self, state: RankGuideState, result: Mapping[str, Any]) -> Any:

@@ -140,6 +140,11 @@ class MessagesStream:
     def __init__(self, model_name: str) -> None:
         self.model_name = model_name
 
+    @staticmethod
+    def active(config: RunnableConfig) -> bool:
+        """Whether a node's run has callback handlers to send to (none: nothing is built)."""
+        return bool(get_callback_manager_for_config(config).handlers)
+
     def step(
         self,
         config: RunnableConfig,

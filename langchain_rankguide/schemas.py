@@ -42,30 +42,26 @@ FinishReason = Literal["delimiter", "end_marker", "stop", "eos", "max_tokens", "
 ChatFinishReason = Literal["stop", "length"]
 """A run's end in chat terms (OpenAI's ``finish_reason``): ``length`` when a limit cut it."""
 
-LENGTH_STOPS = frozenset({"budget", "max_steps"})
-"""Graph stop reasons that are limits (the thinking budget, the step cap), not a natural end."""
-
-_LENGTH_STEP_ENDS = frozenset({"max_tokens", "budget"})
-
 
 def chat_finish_reason(
     stop_reason: str | None, steps: Iterable[Mapping[str, Any]] = ()
 ) -> ChatFinishReason:
     """The chat ``finish_reason`` of a run: ``length`` or ``stop``.
 
-    ``length`` when the run hit its thinking budget or step cap -- even when an answer was then
-    forced, since that answer cut the reasoning short -- or when the answer step itself was cut
-    at its token cap. Every other end (an answer, EOS, the end-of-thinking marker, a repetition
-    stop) is ``stop``. The one mapping of the chat models, the server and the graph's reply.
+    ``length`` when the run hit its token budget (``thinking_budget``, which a chat call's
+    ``max_tokens`` sets) -- even when an answer was then forced inside the reserve, since the
+    reasoning was cut short -- and when it hit the step cap without an answer. Every other end
+    is ``stop``: an answer (one forced at the step cap included), EOS, the end-of-thinking
+    marker, a repetition stop. The one mapping of the chat models, the server and the graph's
+    reply.
 
     Args:
         stop_reason: the graph's stop reason (``answer``, ``eos``, ``budget``, ...).
         steps: the committed step records (``StepRecord.to_dict()``).
     """
-    if stop_reason in LENGTH_STOPS:
+    if stop_reason == "budget":
         return "length"
-    answer = next((s for s in reversed(list(steps)) if s.get("is_answer")), None)
-    if answer is not None and answer.get("finish_reason") in _LENGTH_STEP_ENDS:
+    if stop_reason == "max_steps" and not any(s.get("is_answer") for s in steps):
         return "length"
     return "stop"
 

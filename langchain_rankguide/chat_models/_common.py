@@ -209,7 +209,8 @@ class StreamFirstChatModel(BaseChatModel):
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
         for name in self._TRANSIENT:
-            setattr(self, name, self.__private_attributes__[name].get_default())
+            default = self.__private_attributes__[name].get_default(call_default_factory=True)
+            setattr(self, name, default)
 
     # ------------------------------------------------------------------ token counts
 

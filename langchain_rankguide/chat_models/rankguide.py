@@ -111,13 +111,14 @@ class ChatRankGuide(StreamFirstChatModel):
         ``max_tokens`` bounds), ``output_token_details["reasoning"]`` = the reasoning part,
         ``total_tokens`` = input + output.
         ``response_metadata``: ``model_name``, ``model_provider`` (``"rankguide"``),
-        ``finish_reason`` (``length`` when the budget or step cap cut the run -- also when an
-        answer was then forced -- or the answer at its cap; ``timeout``; else ``stop``: see
-        :func:`~langchain_rankguide.schemas.chat_finish_reason`), ``stop_reason`` (the
-        graph's), ``steps`` (step records without token ids), ``answer_author``,
-        ``correct`` (demo verifier or ``None``), and ``usage_by_model``: what each model
-        really processed, ``{"srm": {"prefill_tokens", "decode_tokens"}, "lrm": {...}}``,
-        discarded drafts included.
+        ``finish_reason`` (``length`` when ``max_tokens`` -- the thinking budget -- cut the
+        run, also when an answer was then forced, or the step cap did before any answer;
+        ``timeout``; else ``stop``: see :func:`~langchain_rankguide.schemas.chat_finish_reason`),
+        ``stop_reason`` (the graph's), ``steps`` (step records without token ids),
+        ``answer_author``, ``correct`` (demo verifier or ``None``), and ``usage_by_model``:
+        what each model really processed,
+        ``{"srm": {"prefill_tokens", "decode_tokens"}, "lrm": {...}}``, discarded drafts
+        included.
 
     Per-call keywords: :data:`CALL_KEYS` and ``stop`` (applied to the answer text).
     """

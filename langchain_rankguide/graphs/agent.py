@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
@@ -106,7 +106,7 @@ def build_agent_graph(
         verified = verify_answer(state["question"], answer or None, checker)
         if verified is False and state.get("attempts", 0) <= max_retries:
             return Command(goto="solve", update={"verified": False, "policy": "lrm"})
-        return Command(goto=END, update={"verified": verified})
+        return Command(goto=cast(Literal["__end__"], END), update={"verified": verified})
 
     builder = StateGraph(AgentState, input_schema=AgentInput, output_schema=AgentState)
     builder.add_node("triage", triage)
