@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
-from langchain_core.messages import AnyMessage
+from langchain_core.messages import AIMessage, AnyMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
@@ -230,6 +230,12 @@ class _Nodes:
         update = turn.usage_update()
         total = merge_usage(turn.state.get("usage"), update)
         get_stream_writer()(StepEvent.from_step(turn.state["run_id"], record, total).to_dict())
+        if self.messages_stream.active(turn.config):
+            self._stream_step(turn, record)
+        return update
+
+    def _stream_step(self, turn: _Turn, record: StepRecord) -> None:
+        """Send a committed step's tokens to the ``messages`` stream (reasoning, or answer)."""
         markers = list(self.config.steps.answer_markers)
         self.messages_stream.step(
             turn.config,
@@ -239,7 +245,6 @@ class _Nodes:
             is_answer=record.is_answer,
             tokenizer=self.pipeline.step_tokenizer(record.author),
         )
-        return update
 
     def _commit(self, turn: _Turn, record: StepRecord, budget: BudgetState) -> Command[Any]:
         state = turn.state
@@ -571,7 +576,7 @@ class _Nodes:
         self.pipeline.end_session(state["run_id"])
         return update
 
-    def _reply(self, state: RankGuideState, result: Mapping[str, Any]) -> Any:
+    def _reply(self, state: RankGuideState, result: Mapping[str, Any]) -> AIMessage:
         """The run's reply message (see :mod:`langchain_rankguide.graph_messages`)."""
         steps = state.get("steps", [])
         metadata = chat.reply_metadata(
