@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 from langchain_core.language_models import BaseChatModel
+from langchain_core.load import dumpd, load
 from langchain_core.messages import AIMessage
 from langchain_core.messages.utils import message_chunk_to_message
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
+from syrupy.assertion import SnapshotAssertion
 
 from langchain_rankguide.chat_models import ChatRankGuide, ChatSteeredHuggingFace
 from langchain_rankguide.chat_models.structured import llguidance_available
@@ -68,9 +70,32 @@ hosted_params_warning = pytest.mark.filterwarnings("ignore:.*ignores 'api_key'")
 # --------------------------------------------------------------------------- unit suites
 
 
+class _RevivedWithItsOwnClass:
+    """``test_serdes`` reviving with this package's class allowed.
+
+    The suite's version revives with ``allowed_objects="all"``, which admits only the
+    integrations listed in langchain-core's own mapping; any other package names its classes,
+    as users do (docs/langchain.md). The serialized form is still checked against a snapshot,
+    and the revived model must equal the original.
+    """
+
+    chat_model_class: type[BaseChatModel]
+
+    def test_serdes(self, model: BaseChatModel, snapshot: SnapshotAssertion) -> None:
+        serialized = dumpd(model)
+        assert serialized == snapshot(name="serialized")
+        revived = load(
+            serialized,
+            valid_namespaces=model.get_lc_namespace()[:1],
+            allowed_objects=[self.chat_model_class],
+            secrets_from_env=True,
+        )
+        assert revived.model_dump() == model.model_dump()
+
+
 @needs_llguidance
 @hosted_params_warning
-class TestChatSteeredHuggingFaceUnit(ChatModelUnitTests):
+class TestChatSteeredHuggingFaceUnit(_RevivedWithItsOwnClass, ChatModelUnitTests):
     @property
     def chat_model_class(self) -> type[BaseChatModel]:
         return ChatSteeredHuggingFace
@@ -85,7 +110,7 @@ class TestChatSteeredHuggingFaceUnit(ChatModelUnitTests):
 
 
 @hosted_params_warning
-class TestChatRankGuideUnit(ChatModelUnitTests):
+class TestChatRankGuideUnit(_RevivedWithItsOwnClass, ChatModelUnitTests):
     @property
     def chat_model_class(self) -> type[BaseChatModel]:
         return ChatRankGuide
@@ -124,7 +149,6 @@ class TestChatSteeredHuggingFaceIntegration(_NeedsDemoModels, ChatModelIntegrati
     )
     def test_bind_runnables_as_tools(self, model: BaseChatModel) -> None:
         super().test_bind_runnables_as_tools(model)
-
 
 
 class TestChatRankGuideIntegration(_NeedsDemoModels, ChatModelIntegrationTests):
