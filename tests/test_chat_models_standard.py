@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 from langchain_core.language_models import BaseChatModel
-from langchain_core.load import dumpd, load
 from langchain_core.messages import AIMessage
 from langchain_core.messages.utils import message_chunk_to_message
 from langchain_tests.integration_tests import ChatModelIntegrationTests
@@ -70,32 +69,28 @@ hosted_params_warning = pytest.mark.filterwarnings("ignore:.*ignores 'api_key'")
 # --------------------------------------------------------------------------- unit suites
 
 
-class _RevivedWithItsOwnClass:
-    """``test_serdes`` reviving with this package's class allowed.
+class _SerdesOutsideCoreMapping:
+    """``test_serdes`` for a package outside langchain-core's serialization mapping.
 
-    The suite's version revives with ``allowed_objects="all"``, which admits only the
-    integrations listed in langchain-core's own mapping; any other package names its classes,
-    as users do (docs/langchain.md). The serialized form is still checked against a snapshot,
-    and the revived model must equal the original.
+    The suite checks the serialized form against a snapshot, then revives it with
+    ``allowed_objects="all"``, which admits only the integrations listed in langchain-core's
+    own mapping: there the revival is refused (``ValueError``), and only a change to
+    langchain-core can lift that. The full round trip, with the classes named as users name
+    them, is ``tests/test_langchain_citizen.py``.
     """
 
-    chat_model_class: type[BaseChatModel]
-
+    @pytest.mark.xfail(
+        reason="allowed_objects='all' admits only classes in langchain-core's own mapping; "
+        "the snapshot check before it passes",
+        raises=ValueError,
+    )
     def test_serdes(self, model: BaseChatModel, snapshot: SnapshotAssertion) -> None:
-        serialized = dumpd(model)
-        assert serialized == snapshot(name="serialized")
-        revived = load(
-            serialized,
-            valid_namespaces=model.get_lc_namespace()[:1],
-            allowed_objects=[self.chat_model_class],
-            secrets_from_env=True,
-        )
-        assert revived.model_dump() == model.model_dump()
+        super().test_serdes(model, snapshot)  # type: ignore[misc]
 
 
 @needs_llguidance
 @hosted_params_warning
-class TestChatSteeredHuggingFaceUnit(_RevivedWithItsOwnClass, ChatModelUnitTests):
+class TestChatSteeredHuggingFaceUnit(_SerdesOutsideCoreMapping, ChatModelUnitTests):
     @property
     def chat_model_class(self) -> type[BaseChatModel]:
         return ChatSteeredHuggingFace
@@ -110,7 +105,7 @@ class TestChatSteeredHuggingFaceUnit(_RevivedWithItsOwnClass, ChatModelUnitTests
 
 
 @hosted_params_warning
-class TestChatRankGuideUnit(_RevivedWithItsOwnClass, ChatModelUnitTests):
+class TestChatRankGuideUnit(_SerdesOutsideCoreMapping, ChatModelUnitTests):
     @property
     def chat_model_class(self) -> type[BaseChatModel]:
         return ChatRankGuide
