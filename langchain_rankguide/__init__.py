@@ -20,6 +20,7 @@ _LAZY_EXPORTS: dict[str, str] = {
     "load_model": "langchain_rankguide.engine",
     "RankGuideConfig": "langchain_rankguide.config",
     "build_graph": "langchain_rankguide.graph",
+    "build_agent_graph": "langchain_rankguide.graphs",
     "ChatRankGuide": "langchain_rankguide.chat_models",
     "ChatSteeredHuggingFace": "langchain_rankguide.chat_models",
     "load_config": "langchain_rankguide.config",

@@ -29,14 +29,21 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from langchain_rankguide.pipeline import RankGuidePipeline, RunOptions
-from langchain_rankguide.schemas import StepEvent, Usage, usage_by_role
+from langchain_rankguide.schemas import (
+    ChatFinishReason,
+    StepEvent,
+    Usage,
+    chat_finish_reason,
+    usage_by_role,
+)
 
 if TYPE_CHECKING:
     from langchain_rankguide.config import RankGuideConfig
 
 RunInput = str | Mapping[str, Any] | None
-"""A question, a graph input (``{"question": ...}`` or ``{"messages": [...]}``), or ``None``
-to resume the run's checkpoint."""
+"""A question, a graph input (``{"question": ...}``, ``{"messages": [...]}`` -- a conversation,
+the configured prompt applies -- or ``{"prompt": [...]}`` -- chat dicts the models read as they
+are), or ``None`` to resume the run's checkpoint."""
 
 STEP_EVENT = "rankguide.step"
 
@@ -73,6 +80,11 @@ class RunResult:
     wall_s: float
     finished: bool
     state: dict[str, Any] = field(repr=False)
+
+    @property
+    def finish_reason(self) -> ChatFinishReason:
+        """The run's end in chat terms: ``length`` at the budget or step cap, else ``stop``."""
+        return chat_finish_reason(self.stop_reason, self.steps)
 
     @classmethod
     def from_state(

@@ -5,6 +5,11 @@ KV caches live in the pipeline's per-process session registry, one session per r
 from the committed step records only when a run resumes elsewhere. Each committed step is
 emitted on the ``custom`` stream as a :class:`~langchain_rankguide.schemas.StepEvent` dict.
 
+It is a chat graph too (:mod:`langchain_rankguide.graph_messages`): given ``messages`` (as a
+``MessagesState`` graph) it appends its reply as an ``AIMessage``, and ``stream_mode="messages"``
+streams each committed step's tokens and the answer's. Input and output schemas
+(:class:`RankGuideInput`, :class:`RankGuideState`) are what ``langgraph dev`` shows.
+
 Per-run options are the graph's LangGraph run context (``context_schema`` is
 :class:`~langchain_rankguide.pipeline.RunOptions`); every node reads them through
 :func:`run_options`. Applications usually run questions through the run stream,
@@ -28,14 +33,21 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, TypedDict, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
+from langchain_core.messages import AIMessage, AnyMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
 from langgraph.runtime import get_runtime
-from langgraph.types import Command
+from langgraph.types import Command, Overwrite
 
+# typing_extensions' TypedDict: pydantic, which writes LangGraph's input and output JSON schemas
+# (Studio's input form), rejects typing's before Python 3.12.
+from typing_extensions import TypedDict
+
+from langchain_rankguide import graph_messages as chat
 from langchain_rankguide.lrm import LRMUnavailable
 from langchain_rankguide.pipeline import PendingStep, RankGuidePipeline, RunOptions, RunSession
 from langchain_rankguide.routing import BudgetState, RouteDecision, apply_budget
@@ -54,13 +66,38 @@ if TYPE_CHECKING:
     from langchain_rankguide.tasks import Task
 
 
-class RankGuideState(TypedDict, total=False):
-    """The graph's state (JSON-native).
+class RankGuideInput(TypedDict, total=False):
+    """What a run takes: a question, a conversation, or prompt messages (one is enough).
 
     Attributes:
-        question: the problem (input).
-        messages: chat messages to answer instead of ``question`` (input; optional).
+        question: the problem.
+        messages: a conversation to answer, as in LangGraph's ``MessagesState`` (tuples,
+            dicts or message objects; ``add_messages``): its last user message is the
+            question, and the configured prompt (system prompt, step instruction, user
+            template) applies. On a checkpointed thread the conversation goes on: a new user
+            message is answered with the earlier turns as context.
+        prompt: the models' chat messages as role/content dicts, used as they are (for callers
+            that shape the prompt themselves: the chat models, the server).
+        run_id: identifies the run's engines (default: the thread id, else a fresh one).
+    """
+
+    question: str
+    messages: Annotated[list[AnyMessage], add_messages]
+    prompt: list[dict[str, Any]] | None
+    run_id: str
+
+
+class RankGuideState(RankGuideInput, total=False):
+    """The graph's state: JSON-native but for a conversation's messages.
+
+    LangGraph's checkpointers store messages as they are, so any checkpointer still can.
+
+    Attributes:
+        question: the problem (the last user message for a conversation).
+        messages: the conversation; a run that answers it appends its reply (an ``AIMessage``).
+        prompt: the models' chat messages for the run under way (``None`` once it finished).
         run_id: identifies the run's engines; the thread id when a checkpointer is used.
+        reply_id: the id of the run's reply message (its streamed chunks share it).
         steps: committed step records (``StepRecord.to_dict()``), appended per step.
         pending: the SRM draft awaiting the guard, or the escalation awaiting the LRM
             (``PendingStep.to_dict()``).
@@ -76,9 +113,7 @@ class RankGuideState(TypedDict, total=False):
         stop_reason: why the run ended.
     """
 
-    question: str
-    messages: list[dict[str, Any]]
-    run_id: str
+    reply_id: str
     steps: Annotated[list[dict[str, Any]], operator.add]
     pending: dict[str, Any] | None
     escalations: int
@@ -129,11 +164,12 @@ def verify_answer(question: str, answer: str | None, task: Task | None) -> bool 
 class _Turn:
     """What one node call works with.
 
-    The state it was handed, the run's options and session, and the session's usage when the
-    node started (the node's usage update is the difference).
+    The state it was handed, the node's config, the run's options and session, and the
+    session's usage when the node started (the node's usage update is the difference).
     """
 
     state: RankGuideState
+    config: RunnableConfig
     options: RunOptions
     session: RunSession
     usage_before: dict[str, Usage]
@@ -158,15 +194,17 @@ class _Nodes:
     def __init__(self, pipeline: RankGuidePipeline) -> None:
         self.pipeline = pipeline
         self.config = pipeline.config
+        self.model_name = chat.collaboration_name(pipeline.config)
+        self.messages_stream = chat.MessagesStream(self.model_name)
 
     # ------------------------------------------------------------------ helpers
 
     def _turn(self, state: RankGuideState, config: RunnableConfig) -> _Turn:
         options = run_options(config)
         session = self.pipeline.session(
-            state["run_id"], state["messages"], state.get("steps", []), options
+            state["run_id"], _prompt_of(state), state.get("steps", []), options
         )
-        return _Turn(state, options, session, session.usage())
+        return _Turn(state, config, options, session, session.usage())
 
     def _budget(self, options: RunOptions) -> int:
         return options.thinking_budget or self.config.steps.thinking_budget
@@ -192,7 +230,21 @@ class _Nodes:
         update = turn.usage_update()
         total = merge_usage(turn.state.get("usage"), update)
         get_stream_writer()(StepEvent.from_step(turn.state["run_id"], record, total).to_dict())
+        if self.messages_stream.active(turn.config):
+            self._stream_step(turn, record)
         return update
+
+    def _stream_step(self, turn: _Turn, record: StepRecord) -> None:
+        """Send a committed step's tokens to the ``messages`` stream (reasoning, or answer)."""
+        markers = list(self.config.steps.answer_markers)
+        self.messages_stream.step(
+            turn.config,
+            _prompt_of(turn.state),
+            _reply_id(turn.state),
+            answer_of(record.text, markers) if record.is_answer else record.text,
+            is_answer=record.is_answer,
+            tokenizer=self.pipeline.step_tokenizer(record.author),
+        )
 
     def _commit(self, turn: _Turn, record: StepRecord, budget: BudgetState) -> Command[Any]:
         state = turn.state
@@ -247,24 +299,41 @@ class _Nodes:
     # ------------------------------------------------------------------ nodes
 
     def start(self, state: RankGuideState, config: RunnableConfig) -> dict[str, Any]:
-        """Set up a run: its id, messages and counters (models load with its session)."""
+        """Set up a run: its id, prompt, reply id and counters (models load with its session).
+
+        The prompt comes from the ``prompt`` input as it is, else from a conversation waiting
+        for a reply (its last message is not a reply), else from ``question``. What an earlier
+        run on the thread left (steps, usage, answer) is reset.
+        """
         configurable = config.get("configurable") or {}
         run_id = state.get("run_id") or configurable.get("thread_id") or uuid.uuid4().hex
-        messages = state.get("messages") or self.pipeline.messages(state.get("question", ""))
-        question = state.get("question") or next(
-            (m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), ""
-        )
+        conversation = state.get("messages") or []
+        prompt = state.get("prompt")
+        if prompt:
+            question = state.get("question") or _last_user_content(prompt)
+        elif chat.needs_answer(conversation):
+            question = chat.last_user_text(conversation)
+            prompt = self.pipeline.chat_messages(chat.conversation_dicts(conversation))
+        else:
+            question = state.get("question", "")
+            prompt = self.pipeline.messages(question)
         return {
             "run_id": str(run_id),
             "question": str(question),
-            "messages": messages,
+            "prompt": prompt,
+            "reply_id": f"rankguide-{uuid.uuid4().hex}",
+            "steps": Overwrite([]),
+            "usage": Overwrite({}),
             "pending": None,
             "escalations": 0,
             "hysteresis_left": 0,
             "generated_tokens": 0,
             "answer_phase": False,
             "latency_s": 0.0,
-            "usage": {},
+            "answer": None,
+            "answer_author": None,
+            "correct": None,
+            "stop_reason": None,
         }
 
     def srm_step(self, state: RankGuideState, config: RunnableConfig) -> Command[Any]:
@@ -483,18 +552,65 @@ class _Nodes:
         )
 
     def finish(self, state: RankGuideState, config: RunnableConfig) -> dict[str, Any]:
-        """Extract the answer, check it when the task is known, and free the run's engines."""
+        """Extract the answer, check it, reply to a conversation, free the run's engines."""
         steps = state.get("steps", [])
         markers = list(self.config.steps.answer_markers)
         answer_step = next((s for s in reversed(steps) if s.get("is_answer")), None)
         answer = answer_of(answer_step["text"], markers) if answer_step else None
-        self.pipeline.end_session(state["run_id"])
-        return {
+        result = {
             "answer": answer,
             "answer_author": answer_step["author"] if answer_step else None,
             "correct": verify_answer(state.get("question", ""), answer, self.pipeline.grading_task),
             "stop_reason": state.get("stop_reason") or "answer",
         }
+        # The prompt was this run's: a later run on the thread gets its own from its input.
+        update: dict[str, Any] = {**result, "prompt": None}
+        # A conversation gets its reply; a question or prompt run keeps the state JSON-native
+        # (the answer is in ``answer``), and builds the reply only for a messages stream.
+        answers = chat.needs_answer(state.get("messages") or [])
+        if answers or self.messages_stream.active(config):
+            reply = self._reply(state, result)
+            self.messages_stream.close(config, _prompt_of(state), reply)
+            if answers:
+                update["messages"] = [reply]
+        self.pipeline.end_session(state["run_id"])
+        return update
+
+    def _reply(self, state: RankGuideState, result: Mapping[str, Any]) -> AIMessage:
+        """The run's reply message (see :mod:`langchain_rankguide.graph_messages`)."""
+        steps = state.get("steps", [])
+        metadata = chat.reply_metadata(
+            model_name=self.model_name,
+            stop_reason=result["stop_reason"],
+            steps=steps,
+            answer_author=result["answer_author"],
+            correct=result["correct"],
+            usage=state.get("usage"),
+        )
+        prompt_tokens = len(self.pipeline.srm_prompt_ids(_prompt_of(state)))
+        usage = chat.reply_usage(prompt_tokens, steps)
+        return chat.build_reply(_reply_id(state), result["answer"], steps, metadata, usage)
+
+
+def _prompt_of(state: RankGuideState) -> list[dict[str, Any]]:
+    """The run's prompt messages.
+
+    A run checkpointed before the ``prompt`` key existed kept them under ``messages``.
+    """
+    prompt = state.get("prompt")
+    if prompt is not None:
+        return prompt
+    return [dict(m) for m in state.get("messages") or [] if isinstance(m, Mapping)]
+
+
+def _reply_id(state: RankGuideState) -> str:
+    return state.get("reply_id") or f"rankguide-{state.get('run_id', '')}"
+
+
+def _last_user_content(prompt: list[dict[str, Any]]) -> str:
+    return next(
+        (str(m.get("content", "")) for m in reversed(prompt) if m.get("role") == "user"), ""
+    )
 
 
 def build_graph(
@@ -510,12 +626,18 @@ def build_graph(
             resumable runs; ``None`` compiles without one (as ``langgraph dev`` needs).
 
     Returns:
-        The compiled graph; input ``{"question": str}`` or ``{"messages": [...]}``, run
-        context :class:`~langchain_rankguide.pipeline.RunOptions`.
+        The compiled graph; input :class:`RankGuideInput` (``{"question": str}``,
+        ``{"messages": [...]}`` or ``{"prompt": [...]}``), output the state with the reply
+        appended to ``messages``, run context :class:`~langchain_rankguide.pipeline.RunOptions`.
     """
     pipeline = config if isinstance(config, RankGuidePipeline) else RankGuidePipeline(config)
     nodes = _Nodes(pipeline)
-    builder = StateGraph(RankGuideState, context_schema=RunOptions)
+    builder = StateGraph(
+        RankGuideState,
+        context_schema=RunOptions,
+        input_schema=RankGuideInput,
+        output_schema=RankGuideState,
+    )
     builder.add_node("start", nodes.start)
     builder.add_node("srm_step", nodes.srm_step, destinations=("guard", "lrm_step"))
     builder.add_node(

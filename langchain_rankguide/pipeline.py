@@ -267,13 +267,60 @@ class RankGuidePipeline:
             InputError: the question is empty or not text.
         """
         check_question(question)
+        return self.chat_messages([{"role": "user", "content": question}])
+
+    def chat_messages(self, conversation: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """A conversation's chat dicts with the configured prompt applied.
+
+        The system prompt and step instruction become a system message (a conversation that
+        has its own system message keeps it and gets the step instruction appended), and the
+        last user message goes through the user template. For a single user message this is
+        :meth:`messages` of its text.
+        """
         prompt = self.config.prompt
-        system = "\n\n".join(p for p in (prompt.system, prompt.step_instruction) if p)
-        messages: list[dict[str, Any]] = []
-        if system:
-            messages.append({"role": "system", "content": system})
-        messages.append({"role": "user", "content": prompt.user_template.format(question=question)})
-        return messages
+        dicts = [dict(m) for m in conversation]
+        extra = "\n\n".join(p for p in (prompt.system, prompt.step_instruction) if p)
+        if extra:
+            if dicts and dicts[0].get("role") == "system":
+                if prompt.step_instruction:
+                    parts = (dicts[0].get("content"), prompt.step_instruction)
+                    dicts[0]["content"] = "\n\n".join(p for p in parts if p)
+            else:
+                dicts.insert(0, {"role": "system", "content": extra})
+        users = [i for i, m in enumerate(dicts) if m.get("role") == "user"]
+        if users and prompt.user_template != "{question}":
+            last = dicts[users[-1]]
+            last["content"] = prompt.user_template.format(question=last.get("content", ""))
+        return dicts
+
+    @property
+    def srm_tokenizer(self) -> Any:
+        """The SRM's tokenizer, without loading its weights (the loaded model's when it is)."""
+        cfg = self.config.srm
+        return self.registry.tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+
+    def srm_prompt_ids(
+        self, messages: Sequence[Mapping[str, Any]], tokenizer: Any = None
+    ) -> list[int]:
+        """The SRM's prompt for chat messages, as token ids (what a run's SRM engine reads).
+
+        The SRM's chat template, then the assistant prefix; no special tokens added.
+        """
+        tokenizer = tokenizer if tokenizer is not None else self.srm_tokenizer
+        prompt = render_prompt(
+            tokenizer, [dict(m) for m in messages], **self.config.prompt.chat_template_kwargs
+        )
+        prompt += self.config.prompt.assistant_prefix
+        return list(tokenizer.encode(prompt, add_special_tokens=False))
+
+    def step_tokenizer(self, author: str) -> Any:
+        """The tokenizer of a step's author, or ``None`` for a remote LRM (no local one)."""
+        if author == "srm":
+            return self.srm_tokenizer
+        cfg = self.config.lrm
+        if cfg.provider != "hf_local":
+            return None
+        return self.registry.tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
 
     def make_lrm(self, options: RunOptions) -> LRMBackend:
         """A fresh LRM backend for one run."""
@@ -474,11 +521,7 @@ class RunSession:
         """The SRM engine, created on first use and caught up with the committed trace."""
         if self._srm is None:
             loaded = self.pipeline.srm
-            prompt = render_prompt(
-                loaded.tokenizer, self.messages, **self.pipeline.config.prompt.chat_template_kwargs
-            )
-            prompt += self.pipeline.config.prompt.assistant_prefix
-            self._srm_prompt_ids = list(loaded.tokenizer.encode(prompt, add_special_tokens=False))
+            self._srm_prompt_ids = self.pipeline.srm_prompt_ids(self.messages, loaded.tokenizer)
             self._srm = StepEngine(
                 loaded,
                 role="srm",

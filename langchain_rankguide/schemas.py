@@ -17,7 +17,10 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, TypedDict, get_args
+from typing import Any, Literal, get_args
+
+# typing_extensions' TypedDict: pydantic (LangGraph's JSON schemas) rejects typing's before 3.12.
+from typing_extensions import TypedDict
 
 from langchain_rankguide.errors import CalibrationError
 
@@ -35,6 +38,33 @@ author (``srm``/``lrm`` policies, budget rules)."""
 
 FinishReason = Literal["delimiter", "end_marker", "stop", "eos", "max_tokens", "budget"]
 """Why a step's generation stopped (``stop``: a per-call stop string)."""
+
+ChatFinishReason = Literal["stop", "length"]
+"""A run's end in chat terms (OpenAI's ``finish_reason``): ``length`` when a limit cut it."""
+
+
+def chat_finish_reason(
+    stop_reason: str | None, steps: Iterable[Mapping[str, Any]] = ()
+) -> ChatFinishReason:
+    """The chat ``finish_reason`` of a run: ``length`` or ``stop``.
+
+    ``length`` when the run hit its token budget (``thinking_budget``, which a chat call's
+    ``max_tokens`` sets) -- even when an answer was then forced inside the reserve, since the
+    reasoning was cut short -- and when it hit the step cap without an answer. Every other end
+    is ``stop``: an answer (one forced at the step cap included), EOS, the end-of-thinking
+    marker, a repetition stop. The one mapping of the chat models, the server and the graph's
+    reply.
+
+    Args:
+        stop_reason: the graph's stop reason (``answer``, ``eos``, ``budget``, ...).
+        steps: the committed step records (``StepRecord.to_dict()``).
+    """
+    if stop_reason == "budget":
+        return "length"
+    if stop_reason == "max_steps" and not any(s.get("is_answer") for s in steps):
+        return "length"
+    return "stop"
+
 
 SignalValue = float | None
 """A signal's value: a finite float, or ``None`` with a reason recorded beside it."""

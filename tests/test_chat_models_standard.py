@@ -18,6 +18,7 @@ from langchain_core.messages import AIMessage
 from langchain_core.messages.utils import message_chunk_to_message
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
+from syrupy.assertion import SnapshotAssertion
 
 from langchain_rankguide.chat_models import ChatRankGuide, ChatSteeredHuggingFace
 from langchain_rankguide.chat_models.structured import llguidance_available
@@ -75,9 +76,28 @@ hosted_params_warning = pytest.mark.filterwarnings("ignore:.*ignores 'api_key'")
 # --------------------------------------------------------------------------- unit suites
 
 
+class _SerdesOutsideCoreMapping:
+    """``test_serdes`` for a package outside langchain-core's serialization mapping.
+
+    The suite checks the serialized form against a snapshot, then revives it with
+    ``allowed_objects="all"``, which admits only the integrations listed in langchain-core's
+    own mapping: there the revival is refused (``ValueError``), and only a change to
+    langchain-core can lift that. The full round trip, with the classes named as users name
+    them, is ``tests/test_langchain_citizen.py``.
+    """
+
+    @pytest.mark.xfail(
+        reason="allowed_objects='all' admits only classes in langchain-core's own mapping; "
+        "the snapshot check before it passes",
+        raises=ValueError,
+    )
+    def test_serdes(self, model: BaseChatModel, snapshot: SnapshotAssertion) -> None:
+        super().test_serdes(model, snapshot)  # type: ignore[misc]
+
+
 @needs_llguidance
 @hosted_params_warning
-class TestChatSteeredHuggingFaceUnit(ChatModelUnitTests):
+class TestChatSteeredHuggingFaceUnit(_SerdesOutsideCoreMapping, ChatModelUnitTests):
     @property
     def chat_model_class(self) -> type[BaseChatModel]:
         return ChatSteeredHuggingFace
@@ -92,7 +112,7 @@ class TestChatSteeredHuggingFaceUnit(ChatModelUnitTests):
 
 
 @hosted_params_warning
-class TestChatRankGuideUnit(ChatModelUnitTests):
+class TestChatRankGuideUnit(_SerdesOutsideCoreMapping, ChatModelUnitTests):
     @property
     def chat_model_class(self) -> type[BaseChatModel]:
         return ChatRankGuide
@@ -150,7 +170,6 @@ class TestChatSteeredHuggingFaceIntegration(_NeedsDemoModels, ChatModelIntegrati
         super().test_unicode_tool_call_integration(
             model, tool_choice=tool_choice, force_tool_call=force_tool_call
         )
-
 
 
 class TestChatRankGuideIntegration(_NeedsDemoModels, ChatModelIntegrationTests):

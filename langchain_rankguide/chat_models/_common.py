@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import warnings
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
@@ -94,6 +95,16 @@ class StopMatcher:
         return held if self.hit is None else ""
 
 
+def json_field(value: Any) -> Any:
+    """A field value as serialized JSON data: paths as text, pydantic configs as their data."""
+    if isinstance(value, Path):
+        return str(value)
+    model_dump = getattr(value, "model_dump", None)
+    if callable(model_dump) and not hasattr(value, "to_json"):
+        return model_dump(mode="json")
+    return value
+
+
 def usage_metadata(
     input_tokens: int, output_tokens: int, reasoning_tokens: int | None = None
 ) -> UsageMetadata:
@@ -152,7 +163,66 @@ class StreamFirstChatModel(BaseChatModel):
     Subclasses implement one chunk generator, :meth:`_chunks`; streaming, generation and
     their async forms all derive from it (async runs the generator one chunk at a time in
     a worker thread, so the event loop never blocks).
+
+    Token counts (``get_num_tokens``, ``get_num_tokens_from_messages``) use the model's own
+    tokenizer, loaded alone from local files (:meth:`_count_tokenizer`), never a hub one.
+
+    Both models pickle and serialize (``dumpd``/``dumps``, revived by ``load``/``loads`` with
+    ``valid_namespaces=["langchain_rankguide"]``): what is kept is the configuration (the
+    fields); locks, loaded models and caches stay behind and load again on first use. No
+    field holds a secret: hosted-API keys given to the constructor are dropped, and a remote
+    LRM's key is read from the environment variable its configuration names, at each call.
     """
+
+    _TRANSIENT: ClassVar[frozenset[str]] = frozenset()
+    """Private attributes left out of a pickle (locks, loaded things); rebuilt empty."""
+
+    # ------------------------------------------------------------------ serialization
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        """The models serialize with LangChain's ``dumpd`` (their configuration only)."""
+        return True
+
+    @property
+    def lc_secrets(self) -> dict[str, str]:
+        """No field is a secret (see the class docstring)."""
+        return {}
+
+    def to_json(self) -> Any:
+        """LangChain's serialized form, with paths and configuration objects as JSON data."""
+        serialized = super().to_json()
+        if serialized.get("type") == "constructor":
+            kwargs = serialized["kwargs"]  # type: ignore[typeddict-item]
+            for key, value in list(kwargs.items()):
+                kwargs[key] = json_field(value)
+        return serialized
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = dict(super().__getstate__())
+        private = state.get("__pydantic_private__") or {}
+        state["__pydantic_private__"] = {
+            k: v for k, v in private.items() if k not in self._TRANSIENT
+        }
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        for name in self._TRANSIENT:
+            default = self.__private_attributes__[name].get_default(call_default_factory=True)
+            setattr(self, name, default)
+
+    # ------------------------------------------------------------------ token counts
+
+    def _count_tokenizer(self) -> Any:
+        """The tokenizer that counts this model's tokens (its own, loaded without weights)."""
+        raise NotImplementedError
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` by the model's own tokenizer (no special tokens added)."""
+        if self.custom_get_token_ids is not None:
+            return self.custom_get_token_ids(text)
+        return list(self._count_tokenizer().encode(text, add_special_tokens=False))
 
     def _chunks(
         self, messages: list[BaseMessage], stop: list[str] | None, **kwargs: Any

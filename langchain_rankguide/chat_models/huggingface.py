@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage
@@ -106,7 +106,7 @@ class ChatSteeredHuggingFace(StreamFirstChatModel):
 
     Example:
         >>> chat = ChatSteeredHuggingFace(model="demo:srm", temperature=0, max_tokens=48)
-        >>> chat.invoke("Start at 17. Add 5. What is the result?", stop=["Answer"])  # doctest: +SKIP
+        >>> chat.invoke("Start at 17. Add 5.", stop=["Answer"])  # doctest: +SKIP
     """
 
     model_config = ConfigDict(populate_by_name=True, protected_namespaces=())
@@ -160,6 +160,7 @@ class ChatSteeredHuggingFace(StreamFirstChatModel):
 
     _vectors: dict[str, Any] = PrivateAttr(default_factory=dict)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _TRANSIENT: ClassVar[frozenset[str]] = frozenset({"_vectors", "_lock"})
 
     registry: ModelRegistry = Field(default=MODELS, exclude=True, repr=False)
     """Where models load and are shared (the process-wide registry by default)."""
@@ -348,6 +349,32 @@ class ChatSteeredHuggingFace(StreamFirstChatModel):
             "handle": intervention.handle,
         }
         return [intervention], info
+
+    # ------------------------------------------------------------------ token counts
+
+    def _count_tokenizer(self) -> Any:
+        model = str(self.model_kwargs.get("model") or self.model_name)
+        return self.registry.tokenizer(model, trust_remote_code=self.trust_remote_code)
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """Tokens of the prompt for ``messages`` and ``tools``: a call's ``input_tokens``.
+
+        The model's chat template renders them, with its tokenizer loaded alone (no weights,
+        no hub).
+        """
+        extra = {"tools": [convert_to_openai_tool(t) for t in tools]} if tools else {}
+        call = self._settings(None, extra)
+        tokenizer = self._count_tokenizer()
+        prompt = render_chat(
+            tokenizer,
+            to_chat_dicts(messages),
+            tools=call.offered_tools,
+            template_kwargs=call.template_kwargs,
+            chat_template=self.chat_template,
+        )
+        return len(tokenizer.encode(prompt, add_special_tokens=False))
 
     # ------------------------------------------------------------------ generation
 

@@ -26,9 +26,9 @@ import functools
 import json
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
@@ -42,8 +42,8 @@ from langchain_rankguide.chat_models._common import (
     warn_unknown,
 )
 from langchain_rankguide.chat_models.messages import chat_shape, to_chat_dicts
-from langchain_rankguide.engine import MODELS, IncrementalDetokenizer, ModelRegistry
-from langchain_rankguide.engine.text import encode_continuation
+from langchain_rankguide.engine import MODELS, ModelRegistry
+from langchain_rankguide.engine.text import token_pieces
 from langchain_rankguide.pipeline import RunOptions
 
 if TYPE_CHECKING:
@@ -72,7 +72,6 @@ CALL_KEYS = frozenset(
 
 _RUN_OPTIONS = ("policy", "threshold", "seed", "steering", "steering_vector", "steering_scale")
 _INERT_CALL_KEYS = frozenset({"stream"})
-_FINISH = {"budget": "length", "max_steps": "length"}
 
 
 def parse_model_name(name: str) -> tuple[str, str]:
@@ -112,12 +111,14 @@ class ChatRankGuide(StreamFirstChatModel):
         ``max_tokens`` bounds), ``output_token_details["reasoning"]`` = the reasoning part,
         ``total_tokens`` = input + output.
         ``response_metadata``: ``model_name``, ``model_provider`` (``"rankguide"``),
-        ``finish_reason`` (``stop``; ``length`` at the budget or step cap; ``timeout``),
-        ``stop_reason``
-        (the graph's), ``steps`` (step records without token ids), ``answer_author``,
-        ``correct`` (demo verifier or ``None``), and ``usage_by_model``: what each model
-        really processed, ``{"srm": {"prefill_tokens", "decode_tokens"}, "lrm": {...}}``,
-        discarded drafts included.
+        ``finish_reason`` (``length`` when ``max_tokens`` -- the thinking budget -- cut the
+        run, also when an answer was then forced, or the step cap did before any answer;
+        ``timeout``; else ``stop``: see :func:`~langchain_rankguide.schemas.chat_finish_reason`),
+        ``stop_reason`` (the graph's), ``steps`` (step records without token ids),
+        ``answer_author``, ``correct`` (demo verifier or ``None``), and ``usage_by_model``:
+        what each model really processed,
+        ``{"srm": {"prefill_tokens", "decode_tokens"}, "lrm": {...}}``, discarded drafts
+        included.
 
     Per-call keywords: :data:`CALL_KEYS` and ``stop`` (applied to the answer text).
     """
@@ -127,7 +128,7 @@ class ChatRankGuide(StreamFirstChatModel):
     model_name: str | None = Field(default=None, alias="model")
     """``rankguide:<srm>+<lrm>``; ``None`` = the configuration's pair. Overrides its models."""
     config: Any = None
-    """A YAML path, a ``RankGuideConfig``, or ``None`` for the embedded demo defaults."""
+    """A YAML path, a ``RankGuideConfig`` (or its data), or ``None`` for the demo defaults."""
     temperature: float | None = Field(default=None, ge=0.0)
     """Sampling temperature of both models (``None``: the configuration's)."""
     max_tokens: int | None = Field(default=None, ge=1)
@@ -161,6 +162,7 @@ class ChatRankGuide(StreamFirstChatModel):
     _base: Any = PrivateAttr(default=None)
     _apps: dict[str, Any] = PrivateAttr(default_factory=dict)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _TRANSIENT: ClassVar[frozenset[str]] = frozenset({"_apps", "_lock"})
 
     @model_validator(mode="before")
     @classmethod
@@ -169,12 +171,14 @@ class ChatRankGuide(StreamFirstChatModel):
 
     @model_validator(mode="after")
     def _read_config(self) -> ChatRankGuide:
-        from langchain_rankguide.config import RankGuideConfig, load_config
+        from langchain_rankguide.config import RankGuideConfig, load_config, parse_config
 
         if isinstance(self.config, RankGuideConfig):
             self._base = self.config
         elif self.config is None:
             self._base = _default_config()
+        elif isinstance(self.config, Mapping):  # a configuration's data, as serialized
+            self._base = parse_config(dict(self.config), source="ChatRankGuide config")
         else:
             self._base = load_config(self.config)
         if self.model_name is None:
@@ -284,33 +288,40 @@ class ChatRankGuide(StreamFirstChatModel):
 
     def _messages(self, pipeline: Any, messages: list[BaseMessage]) -> list[dict[str, Any]]:
         """Chat dicts with the configured system prompt, step instruction and user template."""
-        prompt = pipeline.config.prompt
-        dicts = to_chat_dicts(messages)
-        extra = "\n\n".join(p for p in (prompt.system, prompt.step_instruction) if p)
-        if extra:
-            if dicts and dicts[0]["role"] == "system":
-                if prompt.step_instruction:
-                    content = "\n\n".join(
-                        p for p in (dicts[0]["content"], prompt.step_instruction) if p
-                    )
-                    dicts[0] = {**dicts[0], "content": content}
-            else:
-                dicts.insert(0, {"role": "system", "content": extra})
-        users = [i for i, m in enumerate(dicts) if m["role"] == "user"]
-        if users and prompt.user_template != "{question}":
-            last = dicts[users[-1]]
-            dicts[users[-1]] = {
-                **last,
-                "content": prompt.user_template.format(question=last["content"]),
-            }
-        return dicts
+        return pipeline.chat_messages(to_chat_dicts(messages))
+
+    def _prompt_dicts(
+        self, pipeline: Any, messages: list[BaseMessage], tokenizer: Any
+    ) -> list[dict[str, Any]]:
+        """The run's prompt messages, in the shape the SRM's chat template renders."""
+        template_kwargs = dict(pipeline.config.prompt.chat_template_kwargs)
+        return chat_shape(
+            tokenizer, self._messages(pipeline, messages), template_kwargs=template_kwargs
+        )
+
+    # ------------------------------------------------------------------ token counts
+
+    def _count_tokenizer(self) -> Any:
+        return self._app(self._overrides({})).pipeline.srm_tokenizer
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """Tokens of the SRM's prompt for ``messages``: the ``input_tokens`` a call reports.
+
+        The configured prompt applies and the SRM's chat template renders it, with the SRM's
+        tokenizer loaded alone (no weights, no hub).
+        """
+        if tools:
+            warn_unknown(type(self).__name__, ["tools"], where="not counted: no tool calling")
+        pipeline = self._app(self._overrides({})).pipeline
+        tokenizer = pipeline.srm_tokenizer
+        return len(pipeline.srm_prompt_ids(self._prompt_dicts(pipeline, messages, tokenizer)))
 
     def _chunks(
         self, messages: list[BaseMessage], stop: list[str] | None, **kwargs: Any
     ) -> Iterator[ChatGenerationChunk]:
         """The one generator behind invoke, stream, batch and their async forms."""
-        from langchain_rankguide.lrm import render_prompt
-
         merged = dict(kwargs)
         unknown = {k for k in merged if k not in CALL_KEYS and k not in _INERT_CALL_KEYS} - {
             k for k in merged if k.startswith("ls_")
@@ -320,13 +331,8 @@ class ChatRankGuide(StreamFirstChatModel):
         pipeline = app.pipeline
         config = pipeline.config
         srm_tokenizer = pipeline.srm.tokenizer
-        template_kwargs = dict(config.prompt.chat_template_kwargs)
-        dicts = chat_shape(
-            srm_tokenizer, self._messages(pipeline, messages), template_kwargs=template_kwargs
-        )
-        prompt = render_prompt(srm_tokenizer, dicts, **template_kwargs)
-        prompt += config.prompt.assistant_prefix
-        prompt_tokens = len(srm_tokenizer.encode(prompt, add_special_tokens=False))
+        dicts = self._prompt_dicts(pipeline, messages, srm_tokenizer)
+        prompt_tokens = len(pipeline.srm_prompt_ids(dicts, srm_tokenizer))
         stops = StopMatcher(stop if stop is not None else self.stop)
         markers = list(config.steps.answer_markers)
         answer_record: dict[str, Any] | None = None
@@ -334,7 +340,7 @@ class ChatRankGuide(StreamFirstChatModel):
         timeout = merged.get("timeout") or self.timeout
         started = time.monotonic()
         timed_out = False
-        with app.stream({"messages": dicts}, self._run_options(merged)) as run:
+        with app.stream({"prompt": dicts}, self._run_options(merged)) as run:
             for event in run:
                 record = event.step
                 if record.get("is_answer") or record.get("finish_reason") == "eos":
@@ -353,7 +359,7 @@ class ChatRankGuide(StreamFirstChatModel):
                     break
         result = run.result
         stop_reason = result.stop_reason or "answer"
-        finish = "stop" if answer_record is not None else _FINISH.get(stop_reason, "stop")
+        finish: str = result.finish_reason
         if timed_out:
             stop_reason, finish = "timeout", "timeout"
         answer_tokens = int(answer_record.get("tokens", 0)) if answer_record else 0
@@ -397,22 +403,7 @@ class ChatRankGuide(StreamFirstChatModel):
     @staticmethod
     def _answer_pieces(pipeline: Any, record: Mapping[str, Any], answer: str) -> Iterator[str]:
         """The answer as its author's tokens decode it, one piece per token."""
-        tokenizer = None
-        if record.get("author") == "srm":
-            tokenizer = pipeline.srm.tokenizer
-        elif pipeline.config.lrm.provider == "hf_local":
-            tokenizer = pipeline.lrm_loaded().tokenizer
-        if tokenizer is None or not answer:
-            if answer:
-                yield answer
-            return
-        detok = IncrementalDetokenizer(tokenizer)
-        for token in encode_continuation(tokenizer, answer):
-            piece = detok.add(token)
-            if piece:
-                yield piece
-        if len(detok.text) < len(answer):
-            yield answer[len(detok.text) :]
+        yield from token_pieces(pipeline.step_tokenizer(str(record.get("author"))), answer)
 
 
 @functools.cache

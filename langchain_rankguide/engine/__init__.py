@@ -10,6 +10,7 @@ from langchain_rankguide.engine.loading import (
     LoadedModel,
     ModelRegistry,
     load_model,
+    load_tokenizer,
     resolve_model_source,
 )
 from langchain_rankguide.engine.processors import LogitsProcessor
@@ -51,6 +52,7 @@ __all__ = [
     "encode_continuation",
     "find_decoder_layers",
     "load_model",
+    "load_tokenizer",
     "resolve_layer",
     "resolve_model_source",
     "step_seed",

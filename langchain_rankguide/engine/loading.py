@@ -168,10 +168,7 @@ def load_model(
     except Exception as exc:
         # Unknown architectures, broken config.json, tokenizer or weight files raise ValueError,
         # TypeError or SafetensorError, not only OSError; all are one clear line.
-        hint = "" if os.path.isdir(source) else " (not a local folder, and not in the local cache)"
-        why = " ".join(str(exc).split()) or type(exc).__name__
-        why = why if len(why) <= 300 else why[:297] + "..."
-        raise ModelLoadError(f"cannot load model {spec!r}{hint}: {why}") from None
+        raise _load_failure(f"model {spec!r}", source, exc) from None
     _check_chat_template(tokenizer, spec)
     model = model.to(device)  # type: ignore[arg-type]
     model.eval()
@@ -212,6 +209,33 @@ def _check_chat_template(tokenizer: Any, spec: str) -> None:
             ) from None
 
 
+def load_tokenizer(spec: str, *, trust_remote_code: bool = False) -> Any:
+    """Load only a model's tokenizer (chat template included): local files only, no weights.
+
+    For what needs the tokenizer but not the model (token counting).
+
+    Raises:
+        ModelLoadError: the tokenizer cannot be loaded from local files.
+    """
+    from transformers import AutoTokenizer
+
+    source, _ = resolve_model_source(spec)
+    try:
+        return AutoTokenizer.from_pretrained(
+            source, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    except Exception as exc:
+        raise _load_failure(f"the tokenizer of {spec!r}", source, exc) from None
+
+
+def _load_failure(what: str, source: str, exc: Exception) -> ModelLoadError:
+    """One clear line for a failed load: what, where it was looked for, why."""
+    hint = "" if os.path.isdir(source) else " (not a local folder, and not in the local cache)"
+    why = " ".join(str(exc).split()) or type(exc).__name__
+    why = why if len(why) <= 300 else why[:297] + "..."
+    return ModelLoadError(f"cannot load {what}{hint}: {why}")
+
+
 def _context_length(config: Any) -> int | None:
     value = getattr(config, "max_position_embeddings", None)
     return value if isinstance(value, int) and value > 0 else None
@@ -229,8 +253,16 @@ class ModelRegistry:
 
     def __init__(self) -> None:
         self._models: dict[tuple[Any, ...], LoadedModel] = {}
+        self._tokenizers: dict[tuple[str, bool], Any] = {}
         self._lock = threading.Lock()
         self._loading: dict[tuple[Any, ...], threading.Lock] = {}
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        # Pickled, the shared registry stays the receiving process's shared registry; any other
+        # pickles as an empty one: loaded models never travel, they load again on first use.
+        if self is MODELS:
+            return "MODELS"
+        return (ModelRegistry, ())
 
     def get(
         self,
@@ -262,10 +294,24 @@ class ModelRegistry:
                 self._models[key] = loaded
         return loaded
 
+    def tokenizer(self, spec: str, *, trust_remote_code: bool = False) -> Any:
+        """The tokenizer of ``spec``: a loaded model's, else loaded alone once (no weights)."""
+        key = (spec, trust_remote_code)
+        with self._lock:
+            for (model_spec, _, _, remote_code), loaded in self._models.items():
+                if model_spec == spec and remote_code == trust_remote_code:
+                    return loaded.tokenizer
+            if key in self._tokenizers:
+                return self._tokenizers[key]
+        tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
+        with self._lock:
+            return self._tokenizers.setdefault(key, tokenizer)
+
     def clear(self) -> None:
         """Forget every loaded model (they are freed once no run holds them)."""
         with self._lock:
             self._models.clear()
+            self._tokenizers.clear()
             self._loading.clear()
 
 

@@ -81,6 +81,28 @@ def encode_continuation(tokenizer: Any, text: str) -> list[int]:
     return ids
 
 
+def token_pieces(tokenizer: Any, text: str) -> list[str]:
+    """``text`` cut where its tokens fall: one piece per token, as they decode incrementally.
+
+    For streaming text that was generated as a whole (a committed step) token by token. The
+    pieces always join to ``text``: a tail the tokens do not reach becomes the last piece, and
+    text whose tokens do not decode back to it comes as one piece. Without a tokenizer
+    (``None``: a remote model) the text is one piece.
+    """
+    if not text:
+        return []
+    if tokenizer is None:
+        return [text]
+    detok = IncrementalDetokenizer(tokenizer)
+    ids = encode_continuation(tokenizer, text)
+    pieces = [piece for token in ids if (piece := detok.add(token))]
+    if not text.startswith(detok.text):
+        return [text]
+    if len(detok.text) < len(text):
+        pieces.append(text[len(detok.text) :])
+    return pieces
+
+
 def find_marker(
     text: str, markers: Sequence[str], searched_upto: int = 0
 ) -> tuple[int, str] | None:

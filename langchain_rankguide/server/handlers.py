@@ -183,7 +183,7 @@ class RankGuideHandler:
         if result.answer:
             yield Piece(result.answer, "content")
         total = sum_usage(result.usage.values())
-        finish = "stop" if result.stop_reason in ("answer", "eos") else "length"
+        finish = result.finish_reason
         vendor = {
             "steps": result.steps,
             "usage_by_model": result.usage,
@@ -197,7 +197,7 @@ class RankGuideHandler:
         """Run the collaboration on the conversation."""
         messages = [m.to_template() for m in request.messages]
         return (
-            yield from self._run({"messages": messages}, request, request.token_limit(), cancelled)
+            yield from self._run({"prompt": messages}, request, request.token_limit(), cancelled)
         )
 
     def complete(self, request: CompletionRequest, cancelled: Callable[[], bool]) -> Generation:
