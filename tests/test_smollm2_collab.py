@@ -47,11 +47,11 @@ STEP_CAP = 20
 MAX_STEPS = 5
 BUDGET = 160
 STEPS = {"max_step_tokens": STEP_CAP, "max_steps": MAX_STEPS, "thinking_budget": BUDGET}
-# Seeds of the random policy (rate 0.5; its draws are keyed by seed, prompt and step): seed 3
-# mixes both models on the local run's question; seed 1 gives the remote run a step where
-# SmolLM2 ends with EOS.
-LOCAL_SEED = 3
-REMOTE_SEED = 1
+# Seeds of the random policy (rate 0.5; its draws are keyed by seed, prompt and step), found by
+# trying seeds from 0 against the shipped demo pair: seed 1 mixes both models on the local run's
+# question; seed 6 gives the remote run a step where SmolLM2 ends with EOS.
+LOCAL_SEED = 1
+REMOTE_SEED = 6
 DEMO_STYLE_QUESTION = "Start at 12, then: (1) add 5, (2) subtract 3. What is the result?"
 
 
@@ -410,7 +410,7 @@ def test_remote_steps_are_smollm2_greedy_on_the_text_trace(references):
 
 
 def test_served_smollm2_eos_ends_the_step_and_the_run(references, remote):
-    """SmolLM2 ends its answer with EOS (<|im_end|>) within the run (seed 1).
+    """SmolLM2 ends its answer with EOS (<|im_end|>) within the run (seed 6).
 
     The step must end there as ``eos``, with no delimiter added, and the run must stop, as
     with a local LRM. The client can only tell EOS from the delimiter if the server reports
