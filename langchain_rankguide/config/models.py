@@ -54,6 +54,9 @@ RESERVED_TEMPLATE_KWARGS = frozenset(
     {
         "conversation",
         "messages",
+        "tools",
+        "documents",
+        "sanitize_control_tokens",
         "chat_template",
         "tokenize",
         "add_generation_prompt",
@@ -67,9 +70,10 @@ RESERVED_TEMPLATE_KWARGS = frozenset(
         "tokenizer_kwargs",
     }
 )
-"""``apply_chat_template`` arguments (and the template's ``messages`` variable) that
-``prompt.chat_template_kwargs`` may not set: RankGuide passes them itself, so a second value
-would fail every run with a ``TypeError``."""
+"""``apply_chat_template`` arguments and template variables that ``chat_template_kwargs`` (in
+a configuration or a server request) may not set: RankGuide passes them itself (``messages``,
+``tools`` and ``documents`` by name), so a second value would fail with a ``TypeError``, and
+a caller-supplied template (``chat_template``) is never rendered."""
 
 _DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+|mps|auto)$")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")

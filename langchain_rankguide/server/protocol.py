@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from langchain_rankguide.config.models import RESERVED_TEMPLATE_KWARGS
+
 MAX_JSON_DEPTH = 64
 """Deepest nesting of arrays and objects a request body may have (OpenAI requests need < 10)."""
 
@@ -123,32 +125,6 @@ class RankGuideExtras(BaseModel):
     seed: int | None = None
     steering: bool | None = None
     steering_scale: float | None = Field(default=None, allow_inf_nan=False)
-
-
-RESERVED_TEMPLATE_KWARGS = frozenset(
-    {
-        "conversation",
-        "messages",
-        "tools",
-        "documents",
-        "sanitize_control_tokens",
-        "chat_template",
-        "tokenize",
-        "add_generation_prompt",
-        "continue_final_message",
-        "padding",
-        "truncation",
-        "max_length",
-        "return_tensors",
-        "return_dict",
-        "return_assistant_tokens_mask",
-        "tokenizer_kwargs",
-    }
-)
-"""``apply_chat_template`` arguments and template variables a request may not set through
-``chat_template_kwargs``: the server sets them (``messages``, ``tools`` and ``documents`` are
-passed to the template by name, so a second value fails), and a client-supplied template
-(``chat_template``) is never rendered."""
 
 
 class _Request(BaseModel):
