@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from langchain_rankguide.errors import InputError
 from langchain_rankguide.pipeline import RankGuidePipeline, RunOptions
 from langchain_rankguide.schemas import (
     ChatFinishReason,
@@ -122,12 +123,26 @@ class RunStream:
     :attr:`result` then holds what was committed.
     """
 
-    def __init__(self, app: RankGuideApp, graph_input: Any, options: RunOptions, run_id: str):
+    def __init__(
+        self,
+        app: RankGuideApp,
+        graph_input: Any,
+        options: RunOptions,
+        run_id: str,
+        *,
+        finished_state: dict[str, Any] | None = None,
+    ):
         self.run_id = run_id
         self._app = app
         self._context = contextvars.Context()
-        self._state: dict[str, Any] = {}
+        self._state: dict[str, Any] = dict(finished_state or {})
         self._result: RunResult | None = None
+        if finished_state is not None:
+            # A finished run is immutable: its stream replays nothing and ends on the stored
+            # result.
+            self._started = time.perf_counter()
+            self._events: Any = iter(())
+            return
         config = {
             "configurable": {"thread_id": run_id},
             "recursion_limit": 4 * app.pipeline.config.steps.max_steps + 16,
@@ -187,7 +202,8 @@ class RunStream:
     def _end(self, *, finished: bool) -> None:
         wall = time.perf_counter() - self._started
         try:
-            self._context.run(self._events.close)
+            if hasattr(self._events, "close"):
+                self._context.run(self._events.close)
         finally:
             # A finished run freed its engines in the graph's last node; this covers the rest.
             self._app.pipeline.end_session(self.run_id)
@@ -295,12 +311,18 @@ class RankGuideApp:
             options: the run's options (``None``: the configuration's values).
             run_id: the run's id, the thread id in the checkpointer (default: a fresh one).
                 With a checkpointer, a ``run_id`` whose checkpoint is unfinished resumes there
-                and ``question`` is not asked again.
+                and ``question`` is not asked again; one whose run finished is immutable: the
+                same question (or none) gets the stored result back, another question is
+                refused (``InputError``). A conversation (``{"messages": ...}``) on a finished
+                thread is a new turn.
 
         The run's models are loaded before the stream's clock starts, so
         :attr:`RunResult.wall_s` never counts loading.
         """
         options = options or RunOptions()
+        finished = self._finished_state(run_id, question) if run_id is not None else None
+        if finished is not None:
+            return RunStream(self, None, options, str(run_id), finished_state=finished)
         if run_id is not None and self.resumable(run_id):
             graph_input = None
         elif question is None:
@@ -343,6 +365,25 @@ class RankGuideApp:
     ) -> RunResult:
         """:meth:`invoke` for async code (the run goes on in a worker thread)."""
         return await asyncio.to_thread(self.invoke, question, options, run_id=run_id)
+
+    def _finished_state(self, run_id: str, question: RunInput) -> dict[str, Any] | None:
+        """The stored state of a finished run on ``run_id`` that ``question`` asks again."""
+        if self.checkpointer is None:
+            return None
+        snapshot = self.graph.get_state({"configurable": {"thread_id": run_id}})
+        stored = dict(snapshot.values or {})
+        if snapshot.next or stored.get("stop_reason") is None:
+            return None
+        asked = question.get("question") if isinstance(question, Mapping) else question
+        if isinstance(question, Mapping) and "question" not in question:
+            return None  # a conversation's next turn
+        if asked is not None and asked != stored.get("question"):
+            raise InputError(
+                f"thread {run_id!r} already finished a run on another question "
+                f"({stored.get('question')!r}); a finished run is never extended: use a new "
+                "thread id"
+            )
+        return stored
 
     def resumable(self, run_id: str) -> bool:
         """``True`` if the checkpointer holds an unfinished run under ``run_id``."""

@@ -343,3 +343,28 @@ def test_model_with_infinite_weights_escalates_every_step_instead_of_crashing(
         assert step["author"] == "lrm" and step["escalated"]
         assert step["failure_mode"] == "numerical_fault"
         assert "non-finite" in step["reason"]
+
+
+def test_a_finished_run_is_immutable(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Asking a finished thread again returns the stored result; another question is refused."""
+    import sqlite3
+
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    from langchain_rankguide.app import RankGuideApp
+    from langchain_rankguide.config import load_config
+    from langchain_rankguide.errors import InputError
+    from langchain_rankguide.pipeline import RunOptions
+
+    connection = sqlite3.connect(tmp_path / "ck.sqlite", check_same_thread=False)
+    app = RankGuideApp(load_config(), checkpointer=SqliteSaver(connection))
+    question = "Start at 72. Subtract 39, then add 14. What is the result?"
+    first = app.invoke(question, RunOptions(policy="lrm"), run_id="t1")
+    for _ in range(2):
+        again = app.invoke(question, RunOptions(policy="lrm"), run_id="t1")
+        assert (again.answer, again.steps) == (first.answer, first.steps)
+    assert app.invoke(None, run_id="t1").answer == first.answer
+    with pytest.raises(InputError, match="already finished a run on another question"):
+        app.invoke("Start at 12. Add 5. What is the result?", run_id="t1")
+    snapshot = app.graph.get_state({"configurable": {"thread_id": "t1"}})
+    assert len(snapshot.values["steps"]) == len(first.steps)
