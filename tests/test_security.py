@@ -203,6 +203,8 @@ def fake_lrm() -> Iterator[dict[str, FakeServer]]:
     servers = {
         "ok": FakeServer("ok").start(),
         "echo": FakeServer("echo", behaviour="status", status=500, echo_auth_in_error=True).start(),
+        # A 200 reply whose text carries the key (an LRM that repeats its prompt or headers).
+        "leak": FakeServer("leak", script=f"12 + 5 = 17, key {KEY}.\n\nAnswer: 17").start(),
     }
     yield servers
     for server in servers.values():
@@ -261,7 +263,14 @@ def test_api_key_never_in_checkpoints_traces_logs_or_errors(
     fallbacks = [s["fallback"] for s in json.loads(out)["steps"] if s["fallback"]]
     assert fallbacks, "the failure was recorded on the steps"
     texts += [out, err]
-    # 3. The same with on_failure: fail -> one error line, exit 2.
+    # 3. An LRM whose 200 reply echoes the key: scrubbed before anything stores or prints it.
+    leak_cfg = remote_config(tiny_pair, fake_lrm["leak"].url, tmp_path / "leak.yaml")
+    argv = ["run", "--config", str(leak_cfg), "--checkpoint", str(db), "--thread-id", "t4"]
+    assert main([*argv, "--policy", "lrm", "--json", "go"]) == 0
+    out, err = capsys.readouterr()
+    assert "key ***" in out, "the LRM's step reached the trace, scrubbed"
+    texts += [out, err]
+    # 4. The same with on_failure: fail -> one error line, exit 2.
     fail_cfg = remote_config(tiny_pair, fake_lrm["echo"].url, tmp_path / "fail.yaml")
     assert main(["run", "--config", str(fail_cfg), "--policy", "lrm", "go"]) == 2
     out, err = capsys.readouterr()

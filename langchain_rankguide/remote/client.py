@@ -107,8 +107,16 @@ class _Call:
         self.started = time.perf_counter()
 
     def done(self, result: CompletionResult) -> CompletionResult:
+        """The result with its attempt count and latency, and the key scrubbed from its text.
+
+        A server that echoes the API key back must not put it into step records, traces,
+        checkpoints or served replies: nothing downstream ever sees the raw reply.
+        """
         result.attempts = self.attempts.number
         result.latency_s = time.perf_counter() - self.started
+        result.text = self.attempts.redact(result.text)
+        if result.reasoning is not None:
+            result.reasoning = self.attempts.redact(result.reasoning)
         return result
 
     def transport_failure(self, exc: httpx.TransportError, status: int | None = None) -> Failure:
