@@ -1071,3 +1071,16 @@ def test_chat_models_refuse_non_utf8_text_with_a_typed_error(
 ) -> None:
     with pytest.raises(RankGuideError, match="not valid Unicode"):
         chat_models[which].invoke("go \udcff")
+
+
+def test_cli_empty_policy_and_thread_id_without_checkpoint_are_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--policy ''`` and ``--thread-id`` with nothing to resume were silently ignored."""
+    assert_one_line_error(
+        *cli(capsys, "run", "--policy", "", "--json", "go")[::2], "routing.policy", "got ''"
+    )
+    assert_one_line_error(
+        *cli(capsys, "run", "--thread-id", "t1", "--json", "go")[::2],
+        "--thread-id needs a checkpoint",
+    )

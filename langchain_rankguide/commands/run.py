@@ -52,7 +52,8 @@ def register(subparsers: Any) -> None:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Configuration overrides: checked like the file's own keys (errors name the key)."""
     overrides: dict[str, Any] = {}
-    if args.policy:
+    if args.policy is not None:
+        # An empty --policy is checked (and refused) like any other value, never ignored.
         overrides["routing.policy"] = args.policy
     if args.steer:
         overrides["steering.enabled"] = True
@@ -112,6 +113,11 @@ def run_command(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides=_overrides(args))
     check_environment(config, source=args.config or "<defaults>")
     checkpointer = None
+    if args.thread_id is not None and not (args.checkpoint or config.checkpoint.sqlite_path):
+        raise RankGuideError(
+            "--thread-id needs a checkpoint to resume from: add --checkpoint FILE "
+            "(or set checkpoint.sqlite_path)"
+        )
     if args.checkpoint or config.checkpoint.sqlite_path:
         checkpointer = _sqlite_saver(args.checkpoint or str(config.checkpoint.sqlite_path))
     app = RankGuideApp(config, checkpointer=checkpointer)
