@@ -32,7 +32,7 @@ import operator
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from langchain_core.messages import AIMessage, AnyMessage
@@ -64,6 +64,28 @@ from langchain_rankguide.signals.text import is_repeat
 if TYPE_CHECKING:
     from langchain_rankguide.config import RankGuideConfig
     from langchain_rankguide.tasks import Task
+
+
+WITHDRAW = "withdraw_from"
+"""Key of the marker that rewinds the step list to its first ``n`` records (a rollback)."""
+
+
+def add_steps(
+    left: list[dict[str, Any]] | None, right: list[dict[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """The step list's reducer: append records; a ``{"withdraw_from": n}`` marker keeps ``n``.
+
+    Example:
+        >>> add_steps([{"index": 0}, {"index": 1}], [{"withdraw_from": 1}, {"index": 1}])
+        [{'index': 0}, {'index': 1}]
+    """
+    steps = list(left or [])
+    for item in right or []:
+        if WITHDRAW in item:
+            del steps[int(item[WITHDRAW]) :]
+        else:
+            steps.append(item)
+    return steps
 
 
 class RankGuideInput(TypedDict, total=False):
@@ -98,7 +120,10 @@ class RankGuideState(RankGuideInput, total=False):
         prompt: the models' chat messages for the run under way (``None`` once it finished).
         run_id: identifies the run's engines; the thread id when a checkpointer is used.
         reply_id: the id of the run's reply message (its streamed chunks share it).
-        steps: committed step records (``StepRecord.to_dict()``), appended per step.
+        steps: committed step records (``StepRecord.to_dict()``), appended per step
+            (:func:`add_steps`; a rollback rewinds them).
+        withdrawn: step records a rollback withdrew, in the order they were withdrawn.
+        rollbacks: rollbacks so far (``routing.max_rollbacks`` bounds them).
         pending: the SRM draft awaiting the guard, or the escalation awaiting the LRM
             (``PendingStep.to_dict()``).
         escalations: steps written by the LRM so far.
@@ -114,7 +139,9 @@ class RankGuideState(RankGuideInput, total=False):
     """
 
     reply_id: str
-    steps: Annotated[list[dict[str, Any]], operator.add]
+    steps: Annotated[list[dict[str, Any]], add_steps]
+    withdrawn: Annotated[list[dict[str, Any]], operator.add]
+    rollbacks: int
     pending: dict[str, Any] | None
     escalations: int
     hysteresis_left: int
@@ -327,6 +354,7 @@ class _Nodes:
             "pending": None,
             "escalations": 0,
             "hysteresis_left": 0,
+            "rollbacks": 0,
             "generated_tokens": 0,
             "answer_phase": False,
             "latency_s": 0.0,
@@ -342,7 +370,7 @@ class _Nodes:
         index = len(state.get("steps", []))
         answer_phase = state.get("answer_phase", False)
         started = time.perf_counter()
-        decision = turn.session.probe(index)
+        decision = self._held(turn) or turn.session.probe(index)
         if decision is not None and decision.escalate:
             pending = PendingStep(
                 index=index,
@@ -365,6 +393,14 @@ class _Nodes:
             goto="guard", update={"pending": pending.to_dict(), "usage": turn.usage_update()}
         )
 
+    @staticmethod
+    def _held(turn: _Turn) -> RouteDecision | None:
+        """A step an earlier escalation holds with the LRM: no SRM draft, no probe."""
+        left = turn.budget.hysteresis_left
+        if left <= 0:
+            return None
+        return RouteDecision(True, None, None, f"held by the LRM ({left} left)", held=True)
+
     def guard(self, state: RankGuideState, config: RunnableConfig) -> Command[Any]:
         """Decide on the SRM draft: commit it, or hand the step to the LRM."""
         turn = self._turn(state, config)
@@ -385,6 +421,8 @@ class _Nodes:
         if decision.escalate:
             turn.session.reject()
             pending.pre_decision, pending.forced = decision, forced is not None
+            if decision.rollback and self._may_roll_back(state):
+                return self._roll_back(turn, pending, decision, budget)
             return Command(
                 goto="lrm_step",
                 update={
@@ -396,6 +434,55 @@ class _Nodes:
             )
         return self._commit_srm(turn, pending, decision, budget, forced=forced is not None)
 
+    def _may_roll_back(self, state: RankGuideState) -> bool:
+        """One more rollback is allowed and the previous step is an SRM reasoning step."""
+        steps = state.get("steps", [])
+        if state.get("rollbacks", 0) >= self.config.routing.max_rollbacks or not steps:
+            return False
+        last = steps[-1]
+        return (
+            last["author"] == "srm"
+            and not last.get("is_answer")
+            and not state.get("answer_phase", False)
+        )
+
+    def _roll_back(
+        self, turn: _Turn, pending: PendingStep, decision: RouteDecision, budget: BudgetState
+    ) -> Command[Any]:
+        """Withdraw the previous SRM step; the LRM rewrites it, then writes the flagged step.
+
+        The engines' caches are cropped to the kept trace, the withdrawn record is kept in the
+        state's ``withdrawn`` list and announced as a withdrawn step event, and the step list
+        is rewound by a marker its reducer applies, so checkpoints and resumes stay exact.
+        """
+        withdrawn = turn.session.withdraw_last()
+        usage = turn.usage_update()
+        total = merge_usage(turn.state.get("usage"), usage)
+        event = StepEvent.from_step(turn.state["run_id"], withdrawn, total, withdrawn=True)
+        get_stream_writer()(event.to_dict())
+        rewrite = replace(
+            pending,
+            index=withdrawn.index,
+            text=withdrawn.text,
+            tokens=withdrawn.tokens,
+            srm_ids=list(withdrawn.token_ids.get("srm", [])),
+            is_answer=False,
+            pre_decision=replace(decision, hold=max(1, decision.hold)),
+        )
+        return Command(
+            goto="lrm_step",
+            update={
+                "steps": [{WITHDRAW: withdrawn.index}],
+                "withdrawn": [withdrawn.to_dict()],
+                "rollbacks": turn.state.get("rollbacks", 0) + 1,
+                "pending": rewrite.to_dict(),
+                "escalations": budget.escalations,
+                "hysteresis_left": max(budget.hysteresis_left, 1),
+                "usage": usage,
+                "latency_s": turn.state.get("latency_s", 0.0),
+            },
+        )
+
     def lrm_step(self, state: RankGuideState, config: RunnableConfig) -> Command[Any]:
         """The LRM writes the step (pre-step escalation, or a rejected SRM draft)."""
         turn = self._turn(state, config)
@@ -404,10 +491,7 @@ class _Nodes:
         budget = turn.budget
         if not pending.drafted:
             # Escalated before drafting: the probe's decision still passes the budget rules.
-            routed, budget = self._apply_budget(
-                RouteDecision(True, decision.score, decision.failure_mode, decision.reason),
-                budget,
-            )
+            routed, budget = self._apply_budget(replace(decision, escalate=True), budget)
             if not routed.escalate:
                 return self._srm_anyway(turn, pending, routed, budget)
         written = turn.session.lrm_write(self._max_new(turn), answer_phase=pending.answer_phase)

@@ -184,7 +184,10 @@ class LocalLRM:
 
     def _catch_up(self) -> None:
         if not self._started:
-            self.engine.start_ids(self._prompt_ids)
+            # Prompt and steps in one sync: a cache that already holds a common prefix (a
+            # rollback's restart) keeps it.
+            self.engine.start_ids(self._prompt_ids, self._pending)
+            self._pending.clear()
             self._started = True
         if self._pending:
             self.engine.append_steps(self._pending)

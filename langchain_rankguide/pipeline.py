@@ -114,6 +114,7 @@ class RunOptions:
     steering_vector: str | None = None
     steering_scale: float | None = None
     thinking_budget: int | None = None
+    variant: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("threshold", "steering_scale"):
@@ -227,7 +228,7 @@ class RankGuidePipeline:
         routing = self.config.routing
         policy = options.policy or routing.policy
         calibration = self.calibration
-        if calibration is not None and policy in ("rankguide", "rank"):
+        if calibration is not None and policy in ("rankguide", "rankguide-paper", "rank"):
             calibration.check_models(self.srm_identity)
         return build_router(
             policy,
@@ -238,6 +239,7 @@ class RankGuidePipeline:
             specreason_accept=routing.specreason_accept,
             revalidation_streak=routing.revalidation_streak,
             seed=routing.seed if options.seed is None else options.seed,
+            variant=options.variant,
         )
 
     @property
@@ -257,7 +259,11 @@ class RankGuidePipeline:
             else ReflectionRules()
         )
         return SignalSettings(
-            eta=cfg.energy_eta, eps=cfg.numerical_eps, centre=cfg.centre, reflection=reflection
+            eta=cfg.energy_eta,
+            eps=cfg.numerical_eps,
+            centre=cfg.centre,
+            reflection=reflection,
+            answer_markers=tuple(self.config.steps.answer_markers),
         )
 
     def messages(self, question: str) -> list[dict[str, Any]]:
@@ -692,6 +698,9 @@ class RunSession:
             notes=pending.signal_notes,
             is_answer=pending.is_answer,
             previous_texts=self.previous_texts(),
+            previous_scores=[
+                r.score if r.author == "srm" else None for r in self._committed_records
+            ],
             judge=self.judge,
             run_key=self.run_key,
         )
@@ -711,6 +720,28 @@ class RunSession:
         if self._lrm is not None:
             self._lrm.observe(pending.text)
         return ids
+
+    def withdraw_last(self) -> StepRecord:
+        """Withdraw the last committed step (a rollback) and crop both models' caches.
+
+        The SRM's cache keeps the prompt and the kept steps (only the withdrawn step's tokens
+        are dropped); the LRM restarts from the kept steps, keeping the common prefix of its
+        cache.
+        """
+        record = self._committed_records.pop()
+        self.committed_count -= 1
+        kept = [
+            list(r.token_ids.get("srm") or self.srm_ids_of(r.text)) for r in self._committed_records
+        ]
+        if self._srm is not None:
+            self._srm.start_ids(self._srm_prompt_ids, kept)
+            self._srm_pending = []
+        else:
+            self._srm_pending = kept
+        self._live_draft = None
+        if self._lrm is not None:
+            self._lrm.begin(self.messages, self._committed_records)
+        return record
 
     def reject(self) -> None:
         """Drop the live SRM draft (if this process has it)."""

@@ -18,16 +18,27 @@ Example:
 
 from __future__ import annotations
 
+import math
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from langchain_rankguide.errors import ConfigError
-from langchain_rankguide.schemas import Calibration, FailureMode, SignalValue
+from langchain_rankguide.schemas import Calibration, EscalationRule, FailureMode, SignalValue
 from langchain_rankguide.signals.failure import FailureRules, tag_failure_mode
 
-POLICIES = ("rankguide", "rank", "entropy", "specreason", "keyword", "random", "srm", "lrm")
+POLICIES = (
+    "rankguide",
+    "rankguide-paper",
+    "rank",
+    "entropy",
+    "specreason",
+    "keyword",
+    "random",
+    "srm",
+    "lrm",
+)
 """Every routing policy name, as used in configuration and on the command line."""
 
 REVALIDATION_SIGNALS = ("reflection.streak", "step.repeat")
@@ -42,12 +53,24 @@ class RouteDecision:
         score: the policy's score (higher = more likely failing); ``None`` if it has none.
         failure_mode: the failure mode tagged on the step, if any.
         reason: a short account for humans and logs.
+        hold: how many following steps the LRM writes too, without an SRM draft
+            (:data:`TAKEOVER`: the rest of the run).
+        held: ``True`` when the step goes to the LRM because an earlier decision holds it
+            there, not because of a flag of its own.
+        rollback: how many committed SRM steps the LRM withdraws and rewrites first (0 or 1).
     """
 
     escalate: bool
     score: float | None = None
     failure_mode: FailureMode | None = None
     reason: str = ""
+    hold: int = 0
+    held: bool = False
+    rollback: int = 0
+
+
+TAKEOVER = 1_000_000
+"""A hold long enough for the rest of any run: the LRM takes over."""
 
 
 @dataclass
@@ -61,6 +84,8 @@ class StepContext:
         notes: signal name -> why its value is ``None``.
         is_answer: ``True`` if the draft is the final answer.
         previous_texts: committed steps so far.
+        previous_scores: the router's score of each committed step (``None`` where the LRM
+            wrote it or no score was given), for rules that read the run's running risk.
         judge: asks the LRM for a one-token 0-9 score of ``text`` (SpecReason); ``None`` if
             unavailable.
         run_key: a stable identity of the run's prompt, so seeded per-step draws differ from
@@ -73,6 +98,7 @@ class StepContext:
     notes: Mapping[str, str] = field(default_factory=dict)
     is_answer: bool = False
     previous_texts: Sequence[str] = ()
+    previous_scores: Sequence[float | None] = ()
     judge: Callable[[str], int | None] | None = None
     run_key: str = ""
 
@@ -278,12 +304,24 @@ class RankRouter(Router):
 
 
 class RankGuideRouter(Router):
-    """``rankguide``: calibrated combination of rank signals and first-token entropy, plus streaks.
+    """``rankguide``: a calibrated score of the drafted step, and a rule that spends the LRM.
 
-    Score = bias + sum of weight x z-score over the calibration's weighted signals; a signal
-    that could not be measured (e.g. a one-token step) counts as z = 0. A step escalates when
-    the score reaches the threshold, when the revalidation streak (or a verbatim repeat) fires,
-    or when its hidden states were non-finite.
+    Score = bias + sum of weight x z-score over the model's signals; a signal that could not be
+    measured (e.g. a one-token step) counts as z = 0. Steps with non-finite hidden states, a
+    revalidation streak or a verbatim repeat always escalate. Then:
+
+    * with an escalation rule (router v2, the shipped default): a step is flagged when its
+      score, or the run's running risk, reaches the rule's thresholds; a flag may first withdraw
+      the previous SRM step (one rollback per run, enforced by the graph), and a takeover rule
+      hands every later step to the LRM too;
+    * without one (``rankguide-paper``, the paper's combination of rank and first-token
+      entropy): the step escalates alone when its score reaches the threshold.
+
+    Args:
+        calibration: the calibration file (signal statistics, the models).
+        threshold: overrides the step threshold (the takeover rule's, when there is one).
+        revalidation_streak: reflections in a row that escalate.
+        variant: a named model of the calibration (``None``: its main router).
     """
 
     name = "rankguide"
@@ -294,22 +332,27 @@ class RankGuideRouter(Router):
         threshold: float | None = None,
         revalidation_streak: int = 3,
         failure_rules: FailureRules | None = None,
+        variant: str | None = None,
     ):
         super().__init__(failure_rules)
         self.calibration = calibration
-        self.threshold = calibration.threshold if threshold is None else threshold
+        self.model = calibration.variant(variant)
+        self.rule = self.model.rule
+        if threshold is not None and self.rule is not None:
+            self.rule = replace(self.rule, threshold=threshold)
+        self.threshold = self.model.threshold if threshold is None else threshold
         self.revalidation_streak = revalidation_streak
 
     @property
     def signals(self) -> tuple[str, ...]:
-        """The calibration's weighted signals plus revalidation and entropy."""
-        names = [*self.calibration.weights, *REVALIDATION_SIGNALS, "entropy.first_token"]
+        """The model's weighted signals plus revalidation and entropy."""
+        names = [*self.model.weights, *REVALIDATION_SIGNALS, "entropy.first_token"]
         return tuple(dict.fromkeys(names))
 
     def score(self, values: Mapping[str, SignalValue]) -> float:
         """Return the calibrated score, counting unmeasured signals as neutral."""
-        total = self.calibration.bias
-        for name, weight in self.calibration.weights.items():
+        total = self.model.bias
+        for name, weight in self.model.weights.items():
             value = values.get(name)
             if value is not None:
                 total += weight * self.calibration.zscore(name, value)
@@ -317,17 +360,50 @@ class RankGuideRouter(Router):
 
     def decide(self, ctx: StepContext) -> RouteDecision:
         """Apply the fault, revalidation and score rules, in that order."""
+        hold = TAKEOVER if self.rule is not None and self.rule.takeover else 0
         faults = [n for n, note in ctx.notes.items() if "non-finite" in note]
         if faults:
-            return RouteDecision(True, None, "numerical_fault", f"non-finite signals {faults}")
+            why = f"non-finite signals {faults}"
+            return RouteDecision(True, None, "numerical_fault", why, hold)
         streak = ctx.signals.get("reflection.streak") or 0.0
         repeat = ctx.signals.get("step.repeat") == 1.0
         score = self.score(ctx.signals)
         if streak >= self.revalidation_streak or repeat:
             why = "repeated step" if repeat else f"reflection streak {int(streak)}"
-            return RouteDecision(True, score, "heavy_revalidation", why)
-        escalate = score >= self.threshold
-        return self._verdict(ctx, escalate, score, f"score {score:.2f} vs {self.threshold:.2f}")
+            return RouteDecision(True, score, "heavy_revalidation", why, hold)
+        if self.rule is None:
+            escalate = score >= self.threshold
+            return self._verdict(ctx, escalate, score, f"score {score:.2f} vs {self.threshold:.2f}")
+        return self._rule_verdict(ctx, self.rule, score)
+
+    def _rule_verdict(self, ctx: StepContext, rule: EscalationRule, score: float) -> RouteDecision:
+        srm_scores = [s for s in ctx.previous_scores if s is not None]
+        risk = running_risk([*srm_scores, score])
+        flagged = rule.flags(score, risk)
+        why = f"score {score:.2f} vs {rule.threshold:.2f}, risk {risk:.2f}"
+        if not flagged:
+            return self._verdict(ctx, False, score, why)
+        previous = ctx.previous_scores[-1] if ctx.previous_scores else None
+        rollback = int(rule.rolls_back(previous))
+        if rollback:
+            why += f"; withdraws the previous step (score {previous:.2f})"
+        if rule.takeover:
+            why = f"takeover: {why}"
+        decision = self._verdict(ctx, True, score, why)
+        return replace(decision, hold=TAKEOVER if rule.takeover else 0, rollback=rollback)
+
+
+def running_risk(scores: Sequence[float]) -> float:
+    """Probability that at least one step so far fails, reading each score as a logit.
+
+    Example:
+        >>> round(running_risk([0.0, 0.0]), 2)
+        0.75
+    """
+    keep = 1.0
+    for score in scores:
+        keep *= 1.0 - 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, score))))
+    return 1.0 - keep
 
 
 @dataclass(frozen=True)
@@ -347,23 +423,26 @@ def apply_budget(
 ) -> tuple[RouteDecision, BudgetState]:
     """Apply the budget rules to a policy's decision.
 
-    Hysteresis: after an escalation the next ``hysteresis`` steps also escalate. Maximum
-    escalations: once reached, no further step escalates (the SRM writes on).
+    Hold: after a fresh escalation the next ``max(hysteresis, decision.hold)`` steps go to the
+    LRM too (``hysteresis`` is the configured rule, ``hold`` the router's own, e.g. a takeover).
+    Maximum escalations: once reached, no further step escalates (the SRM writes on) and any
+    hold ends.
     """
-    escalate = decision.escalate
+    held = state.hysteresis_left > 0
+    fresh = decision.escalate and not decision.held
+    escalate = decision.escalate or held
     reason = decision.reason
-    if not escalate and state.hysteresis_left > 0:
-        escalate, reason = True, f"hysteresis ({state.hysteresis_left} left); {reason}"
+    if escalate and not fresh:
+        reason = f"held by the LRM ({state.hysteresis_left} left); {reason}"
     if escalate and max_escalations is not None and state.escalations >= max_escalations:
-        escalate, reason = False, f"escalation budget {max_escalations} spent; {reason}"
+        reason = f"escalation budget {max_escalations} spent; {reason}"
+        spent = RouteDecision(False, decision.score, decision.failure_mode, reason)
+        return spent, BudgetState(state.escalations, 0)
     if not escalate:
-        left = max(0, state.hysteresis_left - 1) if decision.escalate else 0
-        return RouteDecision(False, decision.score, decision.failure_mode, reason), BudgetState(
-            state.escalations, left
-        )
-    left = hysteresis if decision.escalate else max(0, state.hysteresis_left - 1)
-    new = RouteDecision(True, decision.score, decision.failure_mode, reason)
-    return new, BudgetState(state.escalations + 1, left)
+        return replace(decision, reason=reason), BudgetState(state.escalations, 0)
+    left = max(hysteresis, decision.hold) if fresh else state.hysteresis_left - 1
+    routed = replace(decision, escalate=True, reason=reason, held=not fresh)
+    return routed, BudgetState(state.escalations + 1, left)
 
 
 def failure_rules_from(calibration: Calibration | None, revalidation_streak: int) -> FailureRules:
@@ -377,6 +456,9 @@ def failure_rules_from(calibration: Calibration | None, revalidation_streak: int
 
 
 DEFAULT_THRESHOLDS = {"entropy": 1.0, "rank": 1.0}
+PAPER_VARIANT = "paper"
+"""The calibration variant ``rankguide-paper`` runs: rank + first-token entropy, one step at a
+time (a version-1 calibration file's main router is that combination)."""
 
 
 def build_router(
@@ -389,11 +471,14 @@ def build_router(
     specreason_accept: int = 7,
     revalidation_streak: int = 3,
     seed: int = 0,
+    variant: str | None = None,
 ) -> Router:
     """Build a router by policy name (see :data:`POLICIES`).
 
     Thresholds default to the calibration's (``rankguide``; ``entropy`` and ``rank`` read
-    ``policy_thresholds`` in the calibration file when present).
+    ``policy_thresholds`` in the calibration file when present). ``variant`` picks a named
+    router of the calibration for ``rankguide`` (the ablation's variants; ``None``: the main
+    one); ``rankguide-paper`` always runs the ``paper`` variant (or a version-1 file's router).
     """
     rules = failure_rules_from(calibration, revalidation_streak)
     fitted = calibration.policy_thresholds if calibration is not None else {}
@@ -419,12 +504,21 @@ def build_router(
             threshold if threshold is not None else fitted.get("rank", DEFAULT_THRESHOLDS["rank"])
         )
         return RankRouter(rank_signal, value, calibration, rules)
-    if policy == "rankguide":
+    if policy in ("rankguide", "rankguide-paper"):
         if calibration is None:
             raise ConfigError(
-                "routing.policy 'rankguide' needs a calibration file (routing.calibration)"
+                f"routing.policy {policy!r} needs a calibration file (routing.calibration)"
             )
-        return RankGuideRouter(calibration, threshold, revalidation_streak, rules)
+        if policy == "rankguide-paper":
+            variant = PAPER_VARIANT if PAPER_VARIANT in calibration.variants else None
+            if variant is None and calibration.rule is not None:
+                raise ConfigError(
+                    "routing.policy 'rankguide-paper' needs a calibration with a 'paper' "
+                    "variant (refit it with rankguide calibrate --replay)"
+                )
+        router = RankGuideRouter(calibration, threshold, revalidation_streak, rules, variant)
+        router.name = policy
+        return router
     raise ConfigError(
         f"routing.policy: unknown policy {policy!r}; use one of {', '.join(POLICIES)}"
     )

@@ -207,17 +207,27 @@ class StepEvent:
         run_id: the run (LangGraph thread) the step belongs to.
         step: the committed step record, as :meth:`StepRecord.to_dict` returns it.
         usage: per-model usage so far in this run.
+        withdrawn: ``True`` when the event withdraws ``step`` instead (a rollback: the LRM
+            rewrites it next, under the same index).
     """
 
     run_id: str
     step: dict[str, Any]
     usage: dict[str, Usage] = field(default_factory=dict)
     type: str = "rankguide.step"
+    withdrawn: bool = False
 
     @classmethod
-    def from_step(cls, run_id: str, step: StepRecord, usage: dict[str, Usage]) -> StepEvent:
-        """Build the event for a committed step."""
-        return cls(run_id=run_id, step=step.to_dict(), usage={k: dict(v) for k, v in usage.items()})  # type: ignore[misc]
+    def from_step(
+        cls, run_id: str, step: StepRecord, usage: dict[str, Usage], *, withdrawn: bool = False
+    ) -> StepEvent:
+        """Build the event for a committed (or withdrawn) step."""
+        return cls(
+            run_id=run_id,
+            step=step.to_dict(),
+            usage={k: dict(v) for k, v in usage.items()},  # type: ignore[misc]
+            withdrawn=withdrawn,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-native dict."""
@@ -339,6 +349,20 @@ def _build_registry() -> dict[str, SignalSpec]:
             "entropy.max", "max per-token entropy (nats) of the step", "logprobs", (0.0, None), +1
         ),
         SignalSpec(
+            "entropy.q50",
+            "median per-token entropy (nats) of the step",
+            "logprobs",
+            (0.0, None),
+            +1,
+        ),
+        SignalSpec(
+            "entropy.q90",
+            "90th percentile of the step's per-token entropies (nats)",
+            "logprobs",
+            (0.0, None),
+            +1,
+        ),
+        SignalSpec(
             "prob.min",
             "smallest probability of a chosen token in the step",
             "logprobs",
@@ -370,6 +394,23 @@ def _build_registry() -> dict[str, SignalSpec]:
             (0.0, 1.0),
             +1,
         ),
+        SignalSpec(
+            "context.position", "the step's index in the trace (0 = first)", "text", (0.0, None), 0
+        ),
+        SignalSpec(
+            "context.after_reflection",
+            "1 if the previous step was a reflection (a re-check), else 0",
+            "text",
+            (0.0, 1.0),
+            +1,
+        ),
+        SignalSpec(
+            "context.answer",
+            "1 if the step opens with an answer marker (steps.answer_markers), else 0",
+            "text",
+            (0.0, 1.0),
+            0,
+        ),
     ]
     return {spec.name: spec for spec in specs}
 
@@ -380,7 +421,10 @@ SIGNALS: dict[str, SignalSpec] = _build_registry()
 
 # --------------------------------------------------------------------------- calibration file
 
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2
+SUPPORTED_CALIBRATION_VERSIONS = (1, 2)
+"""Version 2 added the escalation rule, the named variants and the replay record; a version-1
+file reads as a one-step-at-a-time router without them."""
 
 MAX_CALIBRATION_BYTES = 16 << 20
 """Largest calibration file read (16 MiB); a fitted one is a few kilobytes."""
@@ -394,6 +438,58 @@ class SignalStats:
     std: float
     direction: int = 1
     auroc: float | None = None
+
+
+@dataclass(frozen=True)
+class EscalationRule:
+    """When a drafted step goes to the LRM, and what else the LRM then writes.
+
+    A step is flagged when its score reaches ``threshold``, or when the run's running risk (the
+    probability that some accepted SRM step so far fails, each score read as a logit) reaches
+    ``risk_threshold``. On a flag, if the previous step was the SRM's and its score reached
+    ``rollback_threshold``, that step is withdrawn too and the LRM rewrites it first (at most
+    once per run). With ``takeover`` the LRM then writes every later step as well.
+
+    Example:
+        >>> rule = EscalationRule(threshold=1.0, risk_threshold=0.9)
+        >>> rule.flags(0.5, risk=0.2), rule.flags(0.5, risk=0.95), rule.flags(1.2, risk=0.0)
+        (False, True, True)
+    """
+
+    threshold: float
+    risk_threshold: float | None = None
+    rollback_threshold: float | None = None
+    takeover: bool = False
+
+    def flags(self, score: float, risk: float) -> bool:
+        """Whether a step with this score, in a run at this risk, is handed to the LRM."""
+        if score >= self.threshold:
+            return True
+        return self.risk_threshold is not None and risk >= self.risk_threshold
+
+    def rolls_back(self, previous_score: float | None) -> bool:
+        """Whether a flag also withdraws the previous SRM step with this score."""
+        return (
+            self.rollback_threshold is not None
+            and previous_score is not None
+            and previous_score >= self.rollback_threshold
+        )
+
+
+@dataclass
+class ScoreModel:
+    """A named router variant in a calibration file (the ablation, the paper's combination).
+
+    ``score = bias + sum_i weights[i] * z_i`` with the file's signal statistics; ``rule`` set
+    means the escalation rule decides (running risk, rollback, takeover), else a step escalates
+    alone when ``score >= threshold``.
+    """
+
+    weights: dict[str, float]
+    bias: float
+    threshold: float
+    rule: EscalationRule | None = None
+    notes: str = ""
 
 
 @dataclass
@@ -427,6 +523,23 @@ class Calibration:
     policy_thresholds: dict[str, float] = field(default_factory=dict)
     notes: str = ""
     version: int = CALIBRATION_VERSION
+    rule: EscalationRule | None = None
+    variants: dict[str, ScoreModel] = field(default_factory=dict)
+    replay: dict[str, Any] = field(default_factory=dict)
+    """What the operating point was chosen from (target speed-up, the chosen point, the curve)."""
+
+    def variant(self, name: str | None) -> ScoreModel:
+        """The named variant, or (``None``) the file's main router as a :class:`ScoreModel`.
+
+        Raises:
+            CalibrationError: no variant of that name (the message lists the ones there are).
+        """
+        if name is None:
+            return ScoreModel(self.weights, self.bias, self.threshold, self.rule)
+        if name not in self.variants:
+            have = ", ".join(sorted(self.variants)) or "none"
+            raise CalibrationError(f"calibration has no router variant {name!r} (it has: {have})")
+        return self.variants[name]
 
     def zscore(self, name: str, value: float) -> float:
         """Return the z-score of ``value`` for signal ``name``, oriented so + means failing."""
@@ -473,9 +586,10 @@ class Calibration:
         if not isinstance(data, dict):
             raise CalibrationError("calibration file must hold a JSON object")
         version = data.get("version")
-        if version != CALIBRATION_VERSION:
+        if version not in SUPPORTED_CALIBRATION_VERSIONS:
             raise CalibrationError(
-                f"calibration version {version!r} is not supported (expected {CALIBRATION_VERSION})"
+                f"calibration version {version!r} is not supported (expected one of "
+                f"{list(SUPPORTED_CALIBRATION_VERSIONS)})"
             )
         for key in ("models", "signals", "weights", "threshold"):
             if key not in data:
@@ -499,11 +613,18 @@ class Calibration:
             failure_thresholds=_numbers(data.get("failure_thresholds", {}), "failure_thresholds"),
             policy_thresholds=_numbers(data.get("policy_thresholds", {}), "policy_thresholds"),
             notes=str(data.get("notes", "")),
+            rule=_rule(data.get("rule"), "rule"),
+            variants={
+                name: _score_model(model, f"variants[{name!r}]")
+                for name, model in _object(data.get("variants", {}), "variants").items()
+            },
+            replay=_object(data.get("replay", {}), "replay"),
         )
-        unknown = [n for n in [*signals, *weights] if n not in SIGNALS]
+        named = [*weights, *(n for v in cal.variants.values() for n in v.weights)]
+        unknown = [n for n in [*signals, *named] if n not in SIGNALS]
         if unknown:
             raise CalibrationError(f"calibration names unknown signal(s) {unknown}")
-        missing = [n for n in weights if n not in signals]
+        missing = sorted({n for n in named if n not in signals})
         if missing:
             raise CalibrationError(f"calibration weights name signal(s) without stats: {missing}")
         return cal
@@ -597,6 +718,44 @@ def _strings(value: Any, where: str) -> dict[str, str]:
                 f"calibration field {where}[{key!r}]: must be a string (got {_kind(text)})"
             )
     return dict(out)
+
+
+def _rule(value: Any, where: str) -> EscalationRule | None:
+    if value is None:
+        return None
+    rule = _object(value, where)
+    known = {"threshold", "risk_threshold", "rollback_threshold", "takeover"}
+    unknown = sorted(set(rule) - known)
+    if unknown:
+        raise CalibrationError(f"calibration field {where}: unknown key(s) {unknown}")
+    if "threshold" not in rule:
+        raise CalibrationError(f"calibration field {where}: needs 'threshold'")
+    risk, back = rule.get("risk_threshold"), rule.get("rollback_threshold")
+    takeover = rule.get("takeover", False)
+    if not isinstance(takeover, bool):
+        raise CalibrationError(
+            f"calibration field {where}.takeover: must be true or false (got {_kind(takeover)})"
+        )
+    return EscalationRule(
+        threshold=_finite(rule["threshold"], f"{where}.threshold"),
+        risk_threshold=None if risk is None else _finite(risk, f"{where}.risk_threshold", 0, 1),
+        rollback_threshold=None if back is None else _finite(back, f"{where}.rollback_threshold"),
+        takeover=takeover,
+    )
+
+
+def _score_model(value: Any, where: str) -> ScoreModel:
+    model = _object(value, where)
+    for key in ("weights", "threshold"):
+        if key not in model:
+            raise CalibrationError(f"calibration field {where}: needs {key!r}")
+    return ScoreModel(
+        weights=_numbers(model["weights"], f"{where}.weights"),
+        bias=_finite(model.get("bias", 0.0), f"{where}.bias"),
+        threshold=_finite(model["threshold"], f"{where}.threshold"),
+        rule=_rule(model.get("rule"), f"{where}.rule"),
+        notes=str(model.get("notes", "")),
+    )
 
 
 def _signal_stats(value: Any, where: str) -> SignalStats:

@@ -31,6 +31,7 @@ from langchain_rankguide.bench.tasks import (
 from langchain_rankguide.cli import main
 from langchain_rankguide.errors import RankGuideError
 from langchain_rankguide.routing import StepContext
+from langchain_rankguide.schemas import CALIBRATION_VERSION
 
 # --------------------------------------------------------------------------- statistics
 
@@ -381,7 +382,7 @@ def test_calibrate_command_with_lrm_agreement_labels(tiny_config_file, tmp_path)
     assert main([*args, "--n", "2", "--out", str(out), "--report", str(report)]) == 0
     data = json.loads(report.read_text())
     assert data["labels"] == "lrm" and data["n_steps"] > 0
-    assert json.loads(out.read_text())["version"] == 1
+    assert json.loads(out.read_text())["version"] == CALIBRATION_VERSION
     with pytest.raises(SystemExit):
         main([*args, "--labels", "nope", "--out", str(out)])
     assert main([*args, "--labels", "verifier", "--out", str(out)]) == 2

@@ -129,6 +129,7 @@ def test_budget_rules_max_escalations_and_hysteresis():
     decision, state = apply_budget(yes, BudgetState(), max_escalations=1, hysteresis=2)
     assert decision.escalate and state == BudgetState(1, 2)
     decision, state = apply_budget(no, state, max_escalations=None, hysteresis=2)
-    assert decision.escalate and "hysteresis" in decision.reason and state.hysteresis_left == 1
+    assert decision.escalate and "held by the LRM" in decision.reason and state.hysteresis_left == 1
+    assert decision.held
     decision, state = apply_budget(yes, BudgetState(1, 0), max_escalations=1, hysteresis=0)
     assert not decision.escalate and "budget" in decision.reason

@@ -47,11 +47,17 @@ ALL_POLICIES = (
     "specreason",
     "keyword",
     "rank",
+    "rankguide-paper",
     "rankguide",
     "rankguide+steer",
     "oracle",
 )
 """Every policy the benchmark knows, in report order."""
+
+ABLATION_VARIANTS = ("benefit", "context", "risk", "takeover")
+"""Router-v2 variants ``--ablation`` adds as ``rankguide[NAME]`` (with ``rank``, ``entropy``,
+``rankguide-paper`` and ``rankguide`` itself -- the chain's ``rollback`` stage -- they make the
+ablation of docs/benchmarks.md)."""
 
 SWEEP_RATES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7)
 """Target escalation rates of a ``--sweep`` (thresholds from the calibration file)."""
@@ -207,6 +213,7 @@ class BenchSettings:
         policies: policy names, in order.
         sweep: add each thresholded policy's sweep points.
         steering_vector: vector of ``rankguide+steer`` (default: the configuration's).
+        ablation: add the calibration's router-v2 variants (:data:`ABLATION_VARIANTS`).
         warmup: untimed runs per policy before timing starts.
         shard: ``(index, count)``: run only problems ``i`` with ``i % count == index`` (to
             split a long benchmark over processes; merge their ``results.jsonl`` files).
@@ -217,6 +224,7 @@ class BenchSettings:
     policies: Sequence[str] = ALL_POLICIES
     sweep: bool = False
     steering_vector: str | None = None
+    ablation: bool = False
     warmup: int = 1
     shard: tuple[int, int] | None = None
 
@@ -253,9 +261,16 @@ def plan_points(pipeline: BenchPipeline, task: Task, settings: BenchSettings) ->
         if policy == "oracle" and not task.has_step_verifier:
             notes.append(f"oracle skipped: task {task.name} has no step verifier")
             continue
-        if policy in ("rankguide", "rankguide+steer") and calibration is None:
+        if policy in ("rankguide", "rankguide-paper", "rankguide+steer") and calibration is None:
             why = pipeline.calibration_error or "no calibration file configured"
             notes.append(f"{policy} skipped: it needs a calibration ({why})")
+            continue
+        if (
+            policy == "rankguide-paper"
+            and calibration is not None
+            and ("paper" not in calibration.variants and calibration.rule is not None)
+        ):
+            notes.append("rankguide-paper skipped: the calibration file has no 'paper' variant")
             continue
         if policy == "rankguide+steer" and not steer_vector:
             notes.append(
@@ -276,7 +291,30 @@ def plan_points(pipeline: BenchPipeline, task: Task, settings: BenchSettings) ->
         points.append(PolicyPoint(policy, policy, None, options))
         if settings.sweep:
             points.extend(_sweep_points(policy, options, calibration, pipeline, notes))
+    if settings.ablation:
+        points.extend(_ablation_points(calibration, notes))
     return Plan(points, notes)
+
+
+def _ablation_points(calibration: Calibration | None, notes: list[str]) -> list[PolicyPoint]:
+    """``rankguide[NAME]`` for each router-v2 variant the calibration file holds."""
+    have = calibration.variants if calibration is not None else {}
+    missing = [name for name in ABLATION_VARIANTS if name not in have]
+    if missing:
+        notes.append(
+            f"ablation variants {missing} skipped: the calibration file has none (fit it with "
+            "rankguide calibrate, without --no-replay)"
+        )
+    return [
+        PolicyPoint(
+            f"rankguide[{name}]",
+            f"rankguide[{name}]",
+            None,
+            RunOptions(policy="rankguide", variant=name),
+        )
+        for name in ABLATION_VARIANTS
+        if name in have
+    ]
 
 
 def _steering_problem(path: str) -> str | None:

@@ -33,10 +33,15 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--policies",
         help="comma-separated policies (default all): srm, lrm, random, entropy, specreason, "
-        "keyword, rank, rankguide, rankguide+steer, oracle",
+        "keyword, rank, rankguide-paper, rankguide, rankguide+steer, oracle",
     )
     parser.add_argument(
         "--sweep", action="store_true", help="also run each thresholded policy over its sweep"
+    )
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also run the calibration's router-v2 variants as rankguide[NAME] (the ablation)",
     )
     parser.add_argument("--out", default="bench-out", help="output directory (default bench-out)")
     parser.add_argument(
@@ -134,6 +139,7 @@ def bench_command(args: argparse.Namespace) -> int:
         policies=parse_policies(args.policies),
         sweep=args.sweep,
         steering_vector=args.steering_vector,
+        ablation=args.ablation,
         warmup=max(0, args.warmup),
         shard=shard,
     )
@@ -204,6 +210,8 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--policies", args.policies]
     if args.sweep:
         parts.append("--sweep")
+    if getattr(args, "ablation", False):
+        parts.append("--ablation")
     if args.steering_vector:
         parts += ["--steering-vector", args.steering_vector]
     if args.device:

@@ -682,6 +682,12 @@ class RoutingConfig(_Section):
     hysteresis: int = Field(
         default=0, ge=0, description="After an escalation, the next N steps also go to the LRM."
     )
+    max_rollbacks: int = Field(
+        default=1,
+        ge=0,
+        description="Most rollbacks per run (a flag that withdraws the previous SRM step so the "
+        "LRM rewrites it); 0 = never. Only rules fitted with a rollback threshold ask for one.",
+    )
     random_rate: float = Field(
         default=0.25, ge=0, le=1, description="Escalation probability of the `random` policy."
     )

@@ -179,10 +179,10 @@ class Attempts:
         self.clock = clock
         self._secret = secret
 
-
     def redact(self, text: str) -> str:
         """``text`` with the request's API key replaced by ``***``."""
         return redact(text, self._secret)
+
     def wait(self, failure: Failure, *, partial: str | None = None) -> float:
         """Seconds to wait before the next attempt, which is then counted.
 

@@ -69,6 +69,9 @@ TEXT_SIGNALS: tuple[str, ...] = (
     "reflection.cue",
     "reflection.streak",
     "step.repeat",
+    "context.position",
+    "context.after_reflection",
+    "context.answer",
 )
 
 
@@ -86,6 +89,7 @@ class SignalSettings:
         repeat_any_previous: ``step.repeat`` compares with every earlier step, not only the last.
         balance_layers: scale each layer to unit norm before the tensor rank (see
             :func:`~langchain_rankguide.signals.rank.tensor_rank_signals`).
+        answer_markers: the prefixes that open an answer step (``context.answer``).
 
     Raises:
         SignalError: for out-of-range values.
@@ -99,6 +103,7 @@ class SignalSettings:
     reflection: ReflectionRules = field(default_factory=ReflectionRules)
     repeat_any_previous: bool = False
     balance_layers: bool = True
+    answer_markers: tuple[str, ...] = ("Answer:",)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.eta <= 1.0:
@@ -290,5 +295,29 @@ def compute_signals(
         repeat = is_repeat(inputs.text, inputs.previous_texts, any_previous=s.repeat_any_previous)
         found["step.repeat"] = Measured(1.0 if repeat else 0.0)
 
+    found.update(_context_signals(wanted, inputs, s))
     values, reasons = split_measured({name: found[name] for name in asked})
     return values, reasons
+
+
+def _context_signals(
+    wanted: set[str], inputs: SignalInputs, settings: SignalSettings
+) -> dict[str, Measured]:
+    """Where the step sits: its position, whether it follows a re-check, whether it answers.
+
+    Errors cluster by context (a step right after a re-check fails far more often), which the
+    step's own token statistics cannot see.
+    """
+    out: dict[str, Measured] = {}
+    if "context.position" in wanted:
+        out["context.position"] = Measured(float(len(inputs.previous_texts)))
+    if "context.after_reflection" in wanted:
+        previous = inputs.previous_texts[-1] if inputs.previous_texts else ""
+        out["context.after_reflection"] = Measured(
+            1.0 if previous and is_reflection(previous, settings.reflection) else 0.0
+        )
+    if "context.answer" in wanted:
+        stripped = inputs.text.lstrip()
+        answers = any(stripped.startswith(m) for m in settings.answer_markers)
+        out["context.answer"] = Measured(1.0 if answers else 0.0)
+    return out

@@ -34,7 +34,7 @@ from langchain_rankguide.signals.rank import Measured, measured_or_none
 FIRST_TOKEN_SIGNALS: tuple[str, ...] = ("entropy.first_token", "entropy.first_token_top20")
 """Signals computed from the first token's full-vocabulary log-probs."""
 
-ENTROPY_SIGNALS: tuple[str, ...] = ("entropy.mean", "entropy.max")
+ENTROPY_SIGNALS: tuple[str, ...] = ("entropy.mean", "entropy.max", "entropy.q50", "entropy.q90")
 """Signals computed from the step's per-token entropies."""
 
 LOGPROB_SIGNALS: tuple[str, ...] = ("prob.min", "logprob.mean")
@@ -162,7 +162,7 @@ def step_token_signals(
     *,
     names: Collection[str] | None = None,
 ) -> dict[str, Measured]:
-    """Measure ``entropy.mean``, ``entropy.max``, ``prob.min``, ``logprob.mean`` of a step.
+    """Measure the token-entropy statistics, ``prob.min`` and ``logprob.mean`` of a step.
 
     Args:
         token_logprobs: 1-D log-probs of the chosen tokens, or ``None`` if not captured.
@@ -185,7 +185,7 @@ def step_token_signals(
             if ent is None:
                 out[name] = Measured(None, reason)
             else:
-                raw = ent.mean() if name == "entropy.mean" else ent.max()
+                raw = _entropy_statistic(ent, name)
                 # Upstream entropies can round a hair below zero.
                 out[name] = measured_or_none(max(float(raw), 0.0), "not computed")
     if wanted_logprob:
@@ -198,6 +198,19 @@ def step_token_signals(
             else:
                 out[name] = measured_or_none(float(lp.mean()), "not computed")
     return out
+
+
+def _entropy_statistic(entropies: torch.Tensor, name: str) -> torch.Tensor:
+    """One statistic of a step's token entropies: mean, max, median or 90th percentile.
+
+    Quantiles tell a step with one hesitant token (a high ``entropy.max``, a low median) from one
+    that hesitates throughout; the router weighs them apart.
+    """
+    if name == "entropy.mean":
+        return entropies.mean()
+    if name == "entropy.max":
+        return entropies.max()
+    return torch.quantile(entropies, 0.5 if name == "entropy.q50" else 0.9)
 
 
 def _vector_reason(x: torch.Tensor | None, what: str) -> tuple[str | None, torch.Tensor | None]:
