@@ -651,11 +651,21 @@ class RoutingConfig(_Section):
     """Which steps are escalated to the LRM."""
 
     policy: Literal[
-        "rankguide", "rank", "entropy", "specreason", "keyword", "random", "srm", "lrm"
+        "rankguide",
+        "rankguide-paper",
+        "rank",
+        "entropy",
+        "specreason",
+        "keyword",
+        "random",
+        "srm",
+        "lrm",
     ] = Field(
         default="rankguide",
         description=(
-            "Routing policy: `rankguide` (calibrated rank + entropy + revalidation), `rank` "
+            "Routing policy: `rankguide` (router v2: the calibrated score of the drafted step "
+            "with its escalation rule -- running risk, rollback), `rankguide-paper` (the "
+            "paper's rank + first-token entropy combination, one step at a time), `rank` "
             "(one rank signal), `entropy` (first-token entropy, GlimpRouter), `specreason` "
             "(LRM scores each step), `keyword` (reflection cues), `random`, or always `srm` / "
             "`lrm`."
