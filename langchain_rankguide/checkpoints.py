@@ -25,6 +25,7 @@ import atexit
 import functools
 import os
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from urllib.parse import unquote, urlsplit
 
 from langchain_rankguide.config import CheckpointConfig, postgres_url_problem
 from langchain_rankguide.config.models import POSTGRES_SCHEMES
-from langchain_rankguide.errors import CheckpointError, ConfigError
+from langchain_rankguide.errors import CheckpointError, ConfigError, ThreadBusyError
 
 CONNECT_TIMEOUT_S = 10
 """Seconds to wait for PostgreSQL to accept a connection (at start, and for a pooled one)."""
@@ -209,43 +210,85 @@ def _reporting(store: CheckpointStore, doing: str) -> Iterator[None]:
         ) from None
 
 
-def _open_postgres(store: CheckpointStore, *, setup: bool, connections: int) -> Any:
+def _postgres_modules() -> Any:
     try:
         import psycopg
-        from langgraph.checkpoint.postgres import PostgresSaver
-        from psycopg.rows import dict_row
-        from psycopg_pool import ConnectionPool
+        import psycopg_pool
+        from langgraph.checkpoint import postgres
     except ImportError:
         raise CheckpointError(
             "a PostgreSQL checkpoint store needs the postgres extra: "
             "pip install 'langchain-rankguide[postgres]'"
         ) from None
-    # LangGraph's own settings for its saver: autocommit, no server-side prepared statements
-    # (poolers such as PgBouncer refuse them), rows as dicts.
-    settings: dict[str, Any] = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
+    return psycopg, psycopg_pool, postgres
+
+
+def _settings() -> dict[str, Any]:
+    """LangGraph's own connection settings for its saver.
+
+    Autocommit, no server-side prepared statements (poolers such as PgBouncer refuse them),
+    rows as dicts.
+    """
+    from psycopg.rows import dict_row
+
+    return {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
+
+
+def _reach_postgres(store: CheckpointStore, *, setup: bool) -> None:
+    """Connect once (and create or migrate the tables): fails with the server's own reason.
+
+    A pool would only time out; a direct connection says refused, wrong password or no such
+    database.
+    """
+    psycopg, _, postgres = _postgres_modules()
     with _reporting(store, "cannot reach the"):
-        # One direct connection first: it fails with the server's own reason (refused, wrong
-        # password, no such database), where a pool would only time out.
-        with psycopg.connect(store.location, connect_timeout=CONNECT_TIMEOUT_S, **settings) as conn:
+        with psycopg.connect(
+            store.location, connect_timeout=CONNECT_TIMEOUT_S, **_settings()
+        ) as conn:
             if setup:
                 conn.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_ID,))
                 try:
-                    PostgresSaver(conn).setup()
+                    postgres.PostgresSaver(conn).setup()
                 finally:
                     conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_ID,))
-    pool = ConnectionPool(
+
+
+def prepare_store(
+    config: CheckpointConfig, *, target: str | None = None
+) -> CheckpointStore | None:
+    """Check that the store opens, and create PostgreSQL's tables, without keeping it open.
+
+    ``rankguide serve --workers N`` calls it once before starting the workers, which then open
+    the store with ``setup=False``.
+
+    Raises:
+        ConfigError: as :func:`checkpoint_store`.
+        CheckpointError: as :func:`open_checkpointer`.
+    """
+    store = checkpoint_store(config, target=target)
+    if store is not None and store.kind == "sqlite":
+        _open_sqlite(store).conn.close()
+    elif store is not None:
+        _reach_postgres(store, setup=True)
+    return store
+
+
+def _open_postgres(store: CheckpointStore, *, setup: bool, connections: int) -> Any:
+    _, psycopg_pool, postgres = _postgres_modules()
+    _reach_postgres(store, setup=setup)
+    pool = psycopg_pool.ConnectionPool(
         store.location,
         min_size=1,
         max_size=max(1, connections),
-        kwargs={**settings, "connect_timeout": CONNECT_TIMEOUT_S},
+        kwargs={**_settings(), "connect_timeout": CONNECT_TIMEOUT_S},
         timeout=CONNECT_TIMEOUT_S,
-        check=ConnectionPool.check_connection,
+        check=psycopg_pool.ConnectionPool.check_connection,
         name="rankguide-checkpoints",
         open=False,
     )
     pool.open(wait=False)
     atexit.register(pool.close)
-    return _reported_saver(PostgresSaver)(pool, store)
+    return _reported_saver(postgres.PostgresSaver)(pool, store)
 
 
 @functools.cache
@@ -265,3 +308,50 @@ def _reported_saver(base: type) -> type:
                     yield cursor
 
     return ReportedPostgresSaver
+
+
+_LOCAL_THREADS: set[tuple[int, str]] = set()
+_LOCAL_LOCK = threading.Lock()
+
+
+@contextmanager
+def thread_lease(checkpointer: Any, thread_id: str) -> Iterator[None]:
+    """Hold ``thread_id`` while a run goes on it, so that two runs never write one thread.
+
+    On PostgreSQL the lease is an advisory lock held by a pooled connection, so it covers every
+    process and machine sharing the database, and it ends with its holder: a worker killed
+    mid-run drops its connection and the lock with it. Elsewhere it covers this process.
+
+    Raises:
+        ThreadBusyError: the thread is being run now.
+    """
+    pool: Any = getattr(checkpointer, "conn", None)
+    store = getattr(checkpointer, "store", None)
+    if isinstance(store, CheckpointStore) and hasattr(pool, "connection"):
+        with _reporting(store, "cannot use the"), pool.connection() as conn:
+            key = "SELECT hashtextextended(%s, 0) AS k"
+            lock_id = conn.execute(key, (thread_id,)).fetchone()["k"]
+            got = conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (lock_id,)).fetchone()
+            if not got["ok"]:
+                raise _busy(thread_id)
+            try:
+                yield
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (lock_id,))
+        return
+    key_local = (id(checkpointer), thread_id)
+    with _LOCAL_LOCK:
+        if key_local in _LOCAL_THREADS:
+            raise _busy(thread_id)
+        _LOCAL_THREADS.add(key_local)
+    try:
+        yield
+    finally:
+        with _LOCAL_LOCK:
+            _LOCAL_THREADS.discard(key_local)
+
+
+def _busy(thread_id: str) -> ThreadBusyError:
+    return ThreadBusyError(
+        f"thread {thread_id!r} is being run by another request; retry once it has ended"
+    )

@@ -36,3 +36,7 @@ class CheckpointError(RankGuideError):
 
     The message names the store with any password replaced by ``***``.
     """
+
+
+class ThreadBusyError(RankGuideError):
+    """A durable run's thread is being run elsewhere (another request, another worker)."""

@@ -26,7 +26,14 @@ from typing import Any
 
 import pytest
 import torch
-from server_fixtures import REPO, hooked_env, rankguide_command, tiny_config_data, write_config
+from server_fixtures import (
+    REPO,
+    hooked_env,
+    rankguide_command,
+    start_serve,
+    tiny_config_data,
+    write_config,
+)
 
 from langchain_rankguide.checkpoints import open_checkpointer
 from langchain_rankguide.cli import main
@@ -248,6 +255,87 @@ def test_a_printed_step_is_durable_and_printed_once(
     assert f"resuming thread '{THREAD}' after {PRINTED + 1} committed steps" in second
     expected = [(i, s["author"], s["decision"]) for i, s in enumerate(reference["steps"])]
     assert before + printed_steps(second) == expected
+
+
+CROSS_THREAD = "cross-worker-1"
+
+
+def completion(url: str, thread_id: str | None) -> dict[str, Any]:
+    """The demo question through the ``rankguide`` model, under the random policy, seed 1
+    (the demo pair then writes SRM, LRM, LRM, SRM, SRM, SRM and answers 69)."""
+    import httpx
+
+    from langchain_rankguide.commands.run import DEMO_QUESTION
+
+    extras: dict[str, Any] = {"policy": "random"}
+    if thread_id is not None:
+        extras["thread_id"] = thread_id
+    body = {"model": "rankguide", "prompt": DEMO_QUESTION, "seed": 1, "rankguide": extras}
+    reply = httpx.post(f"{url}/v1/completions", json=body, timeout=120)
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
+def test_a_run_killed_on_one_worker_resumes_on_another(postgres: Any, tmp_path: Path) -> None:
+    """``rankguide serve --workers 2`` on PostgreSQL with the demo models: the worker running a
+    durable request is SIGKILLed with an escalation pending; the same request sent again is
+    served by another process, which resumes the run to the uninterrupted run's steps and
+    answer."""
+    import httpx
+
+    db = postgres.database_url("workers")
+    config = write_config(
+        tmp_path / "durable.yaml", {"version": 1, "checkpoint": {"backend": "postgres"}}
+    )
+    marker = tmp_path / "killed-pid"
+    env = hooked_env(
+        RANKGUIDE_POSTGRES_URL=db,
+        RG_TEST_KILL_AT="lrm_step:2",
+        RG_TEST_KILL_DB=db,
+        RG_TEST_KILL_THREAD=CROSS_THREAD,
+        RG_TEST_KILL_ONCE=str(marker),
+    )
+    server = start_serve(config, "--workers", "2", env=env)
+    try:
+        reference = completion(server.url, None)  # a plain run: no thread, no checkpoint
+        with pytest.raises(httpx.TransportError):  # its worker dies mid-run
+            completion(server.url, CROSS_THREAD)
+        killed = int(marker.read_text())
+        saved = open_checkpointer(CheckpointConfig(), target=db, setup=False)
+        state = build_graph(load_config(), checkpointer=saved).get_state(
+            {"configurable": {"thread_id": CROSS_THREAD}}
+        )
+        assert state.next == ("lrm_step",) and len(state.values["steps"]) == 2
+        resumed = completion(server.url, CROSS_THREAD)
+    finally:
+        server.stop()
+    assert server.process.pid != killed
+    ours, theirs = resumed["rankguide"], reference["rankguide"]
+    assert [s["author"] for s in theirs["steps"]] == ["srm", "lrm", "lrm", "srm", "srm", "srm"]
+    assert strip(ours["steps"]) == strip(theirs["steps"])
+    assert resumed["choices"][0]["text"] == reference["choices"][0]["text"] == "69"
+    assert ours["thread_id"] == CROSS_THREAD
+    for model in ("srm", "lrm"):  # no token generated twice: the pending escalation resumed
+        decoded = ours["usage_by_model"][model]["decode_tokens"]
+        assert decoded == theirs["usage_by_model"][model]["decode_tokens"]
+
+
+def test_a_thread_runs_in_one_place_at_a_time_across_savers(postgres: Any) -> None:
+    """Two savers on one PostgreSQL database stand for two workers: while one holds a thread's
+    lease the other is refused, and the lease is free again once released."""
+    from langchain_rankguide.checkpoints import thread_lease
+    from langchain_rankguide.errors import ThreadBusyError
+
+    db = postgres.database_url("leases")
+    first, second = (open_checkpointer(CheckpointConfig(), target=db) for _ in range(2))
+    with thread_lease(first, "t"):
+        with pytest.raises(ThreadBusyError, match="thread 't' is being run by another request"):
+            with thread_lease(second, "t"):
+                pass
+        with thread_lease(second, "another thread"):
+            pass
+    with thread_lease(second, "t"):
+        pass
 
 
 # --------------------------------------------------------------------------- numerical faults

@@ -11,13 +11,15 @@ the hook before it runs anything. Nothing happens unless one of these variables 
   with an escalation pending, ``srm_step:N`` one between committed steps.
 * ``RG_TEST_KILL_AFTER_PRINT=<k>``: ``rankguide run``'s live trace SIGKILLs its process right
   after it printed step ``k`` (flushed): whatever was printed must already be durable.
-* ``RG_TEST_KILL_ONCE=<file>``: kill only if this file does not exist yet (it is created), so a
-  process that takes the run over is not killed too.
+* ``RG_TEST_KILL_ONCE=<file>``: kill only if this file does not exist yet (it is created and
+  holds the killed process's id), so a process that takes the run over is not killed too.
 * ``RG_TEST_SLOW_S``: sleep this long before every forward pass (for kills from outside).
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import os
 import signal
 import sys
@@ -30,9 +32,11 @@ def _first_kill() -> bool:
     if not marker:
         return True
     try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return False
+    os.write(fd, str(os.getpid()).encode())  # the test can tell which process died
+    os.close(fd)
     return True
 
 
@@ -108,20 +112,47 @@ def _kill_after_print(index: int) -> None:
     render.TraceRenderer.step = step  # type: ignore[method-assign]
 
 
-def _install() -> None:
-    env = os.environ
-    if env.get("RG_TEST_SLOW_S"):
-        _slow_down(float(env["RG_TEST_SLOW_S"]))
-    if env.get("RG_TEST_KILL_AT"):
-        _kill_at_node(env["RG_TEST_KILL_AT"])
-    if env.get("RG_TEST_KILL_AFTER_PRINT"):
-        _kill_after_print(int(env["RG_TEST_KILL_AFTER_PRINT"]))
+PATCHES = {
+    "langchain_rankguide.engine.step_engine": ("RG_TEST_SLOW_S", lambda v: _slow_down(float(v))),
+    "langchain_rankguide.graph": ("RG_TEST_KILL_AT", _kill_at_node),
+    "langchain_rankguide.commands.render": (
+        "RG_TEST_KILL_AFTER_PRINT",
+        lambda v: _kill_after_print(int(v)),
+    ),
+}
+"""Module -> (the variable that switches its patch on, the patch given the variable's value)."""
+
+ACTIVE = {
+    name: (patch, os.environ[var]) for name, (var, patch) in PATCHES.items() if os.environ.get(var)
+}
+"""The patches this process applies, with their variable's value."""
 
 
-SWITCHES = ("RG_TEST_KILL_AT", "RG_TEST_KILL_AFTER_PRINT", "RG_TEST_SLOW_S")
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Patches a module right after it is first imported, so that a process that never runs a
+    model (``rankguide serve``'s worker supervisor) never imports torch because of the hook."""
 
-if any(os.environ.get(name) for name in SWITCHES):
-    import torch
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name not in ACTIVE:
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+        original = loader.exec_module
 
-    torch.set_num_threads(1)
-    _install()
+        def exec_module(module: Any) -> None:
+            original(module)
+            patch, value = ACTIVE[name]
+            patch(value)
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+if ACTIVE:
+    sys.meta_path.insert(0, _PatchOnImport())
