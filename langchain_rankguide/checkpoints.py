@@ -253,9 +253,7 @@ def _reach_postgres(store: CheckpointStore, *, setup: bool) -> None:
                     conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_ID,))
 
 
-def prepare_store(
-    config: CheckpointConfig, *, target: str | None = None
-) -> CheckpointStore | None:
+def prepare_store(config: CheckpointConfig, *, target: str | None = None) -> CheckpointStore | None:
     """Check that the store opens, and create PostgreSQL's tables, without keeping it open.
 
     ``rankguide serve --workers N`` calls it once before starting the workers, which then open

@@ -124,8 +124,8 @@ def serve_command(args: argparse.Namespace) -> int:
     for name in ("max_concurrency", "max_queue", "max_tokens", "max_body_bytes", "workers"):
         if getattr(args, name) < 1:
             raise RankGuideError(f"--{name.replace('_', '-')} must be >= 1")
-    config = load_config(args.config)
     check_port_free(args.host, args.port)
+    config = load_config(args.config)
     limits = ServerLimits(
         max_body_bytes=args.max_body_bytes,
         max_tokens=args.max_tokens,
@@ -156,9 +156,7 @@ def _serve_one(args: argparse.Namespace, config: Any, limits: Any, api_key: Any)
     from langchain_rankguide.server.app import build_app_from_config
     from langchain_rankguide.server.connection import uvicorn_settings
 
-    app = build_app_from_config(
-        config, limits=limits, api_key=api_key, checkpoint=args.checkpoint
-    )
+    app = build_app_from_config(config, limits=limits, api_key=api_key, checkpoint=args.checkpoint)
     server = uvicorn.Server(
         uvicorn.Config(
             app,

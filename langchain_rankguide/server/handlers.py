@@ -153,9 +153,7 @@ class RankGuideHandler:
             ``rankguide.thread_id`` (``None``: the server keeps no checkpoints).
     """
 
-    def __init__(
-        self, app: RankGuideApp, *, max_tokens: int, durable: RankGuideApp | None = None
-    ):
+    def __init__(self, app: RankGuideApp, *, max_tokens: int, durable: RankGuideApp | None = None):
         self.app = app
         self.max_tokens = max_tokens
         self.durable = durable

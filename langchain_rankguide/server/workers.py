@@ -75,9 +75,7 @@ def worker_app() -> Any:
     )
 
 
-def serve_workers(
-    spec: WorkerSpec, *, host: str, port: int, workers: int, log_level: str
-) -> bool:
+def serve_workers(spec: WorkerSpec, *, host: str, port: int, workers: int, log_level: str) -> bool:
     """Serve with ``workers`` processes until SIGINT or SIGTERM.
 
     Prints ``rankguide serve listening on http://HOST:PORT`` once every worker is ready.
