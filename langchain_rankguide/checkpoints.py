@@ -162,8 +162,9 @@ def open_checkpointer(
             replaces the section's store.
         setup: create or migrate PostgreSQL's checkpoint tables (the ``rankguide serve``
             workers skip it: their parent did it once before starting them).
-        connections: most PostgreSQL connections the pool opens (one per concurrent run is
-            plenty; checkpoint writes are short).
+        connections: most PostgreSQL connections the pool opens (checkpoint writes are short;
+            a durable server run also holds one for its thread's lease). The pool lives until
+            the process exits, or ``saver.conn.close()``.
 
     Returns:
         A LangGraph checkpointer, or ``None``.
@@ -326,27 +327,39 @@ def thread_lease(checkpointer: Any, thread_id: str) -> Iterator[None]:
     pool: Any = getattr(checkpointer, "conn", None)
     store = getattr(checkpointer, "store", None)
     if isinstance(store, CheckpointStore) and hasattr(pool, "connection"):
-        with _reporting(store, "cannot use the"), pool.connection() as conn:
-            key = "SELECT hashtextextended(%s, 0) AS k"
-            lock_id = conn.execute(key, (thread_id,)).fetchone()["k"]
-            got = conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (lock_id,)).fetchone()
-            if not got["ok"]:
-                raise _busy(thread_id)
-            try:
-                yield
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (lock_id,))
-        return
-    key_local = (id(checkpointer), thread_id)
-    with _LOCAL_LOCK:
-        if key_local in _LOCAL_THREADS:
+        with _postgres_lease(store, pool, thread_id):
+            yield
+    else:
+        with _local_lease((id(checkpointer), thread_id)):
+            yield
+
+
+@contextmanager
+def _postgres_lease(store: CheckpointStore, pool: Any, thread_id: str) -> Iterator[None]:
+    with _reporting(store, "cannot use the"), pool.connection() as conn:
+        key = "SELECT hashtextextended(%s, 0) AS k"
+        lock_id = conn.execute(key, (thread_id,)).fetchone()["k"]
+        got = conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (lock_id,)).fetchone()
+        if not got["ok"]:
             raise _busy(thread_id)
-        _LOCAL_THREADS.add(key_local)
+        try:
+            yield
+        finally:
+            # Session-level: it must be released before the connection goes back to the pool.
+            conn.execute("SELECT pg_advisory_unlock(%s)", (lock_id,))
+
+
+@contextmanager
+def _local_lease(key: tuple[int, str]) -> Iterator[None]:
+    with _LOCAL_LOCK:
+        if key in _LOCAL_THREADS:
+            raise _busy(key[1])
+        _LOCAL_THREADS.add(key)
     try:
         yield
     finally:
         with _LOCAL_LOCK:
-            _LOCAL_THREADS.discard(key_local)
+            _LOCAL_THREADS.discard(key)
 
 
 def _busy(thread_id: str) -> ThreadBusyError:
