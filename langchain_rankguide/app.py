@@ -23,6 +23,7 @@ import asyncio
 import contextvars
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -121,6 +122,12 @@ class RunStream:
     subgraph of a LangGraph run the caller is inside. Closing the stream early (``close()``,
     leaving a ``with`` block, an exception) stops the run and frees its engines;
     :attr:`result` then holds what was committed.
+
+    With a checkpointer a step's event comes out only once the checkpoint holding the step is
+    written (the graph runs with ``durability="sync"``), so a process killed at any moment has
+    shown no step its resume will run again. :attr:`prior_steps` are the steps a resumed (or
+    finished) run had committed before this stream started; :attr:`finished_before` says the
+    thread's run had finished (the stream then replays nothing and ends on its result).
     """
 
     def __init__(
@@ -130,51 +137,73 @@ class RunStream:
         options: RunOptions,
         run_id: str,
         *,
-        finished_state: dict[str, Any] | None = None,
+        stored_state: dict[str, Any] | None = None,
+        finished: bool = False,
     ):
         self.run_id = run_id
+        self.prior_steps: list[dict[str, Any]] = list((stored_state or {}).get("steps") or [])
+        self.finished_before = finished
         self._app = app
         self._context = contextvars.Context()
-        self._state: dict[str, Any] = dict(finished_state or {})
+        self._state: dict[str, Any] = dict(stored_state or {}) if finished else {}
         self._result: RunResult | None = None
-        if finished_state is not None:
+        self._ready: deque[StepEvent] = deque()
+        self._unsaved: list[StepEvent] = []
+        self._durable = app.checkpointer is not None
+        self._started = time.perf_counter()
+        if finished:
             # A finished run is immutable: its stream replays nothing and ends on the stored
             # result.
-            self._started = time.perf_counter()
             self._events: Any = iter(())
             return
         config = {
             "configurable": {"thread_id": run_id},
             "recursion_limit": 4 * app.pipeline.config.steps.max_steps + 16,
         }
-        self._started = time.perf_counter()
+        durability = {"durability": "sync"} if self._durable else {}
         self._events = self._context.run(
             app.graph.stream,
             graph_input,
             config,
             context=options,
             stream_mode=["custom", "values"],
+            **durability,
         )
 
     def __iter__(self) -> RunStream:
         return self
 
     def __next__(self) -> StepEvent:
+        if self._ready:
+            return self._ready.popleft()
         if self._result is not None:
             raise StopIteration
         try:
-            while True:
+            while not self._ready:
                 mode, payload = self._context.run(next, self._events)
-                if mode == "values":
-                    self._state = payload
-                elif isinstance(payload, Mapping) and payload.get("type") == STEP_EVENT:
-                    return StepEvent(**payload)
+                self._take(mode, payload)
         except StopIteration:
+            # The graph ended: with sync durability every checkpoint is written.
+            self._ready.extend(self._unsaved)
             self._end(finished=True)
-            raise
+            if not self._ready:
+                raise
         except BaseException:
             self._end(finished=False)
             raise
+        return self._ready.popleft()
+
+    def _take(self, mode: str, payload: Any) -> None:
+        """File one graph stream item: a step event waits for the checkpoint that holds it."""
+        if mode == "values":
+            self._state = payload
+            # Under sync durability a superstep's values come out after its checkpoint is
+            # written (LangGraph waits for the write before the next superstep, and streams
+            # the values only then): the steps it committed are durable.
+            self._ready.extend(self._unsaved)
+            self._unsaved.clear()
+        elif isinstance(payload, Mapping) and payload.get("type") == STEP_EVENT:
+            (self._unsaved if self._durable else self._ready).append(StepEvent(**payload))
 
     def __enter__(self) -> RunStream:
         return self
@@ -296,6 +325,27 @@ class RankGuideApp:
         self.checkpointer = checkpointer
         self.graph = build_graph(self.pipeline, checkpointer=checkpointer)
 
+    @classmethod
+    def from_config(cls, config: RankGuideConfig, *, checkpoint: str | None = None) -> RankGuideApp:
+        """An app whose checkpointer is the one ``config.checkpoint`` names (or ``checkpoint``).
+
+        Args:
+            config: the configuration; its ``checkpoint`` section picks SQLite, PostgreSQL or
+                no checkpointer (:func:`~langchain_rankguide.checkpoints.open_checkpointer`).
+            checkpoint: a SQLite file or a ``postgresql://`` URL that replaces the section's
+                store (``rankguide run --checkpoint``).
+
+        Raises:
+            CheckpointError: the store cannot be opened (one line, password as ``***``).
+
+        Example:
+            >>> app = RankGuideApp.from_config(load_config("durable.yaml"))  # doctest: +SKIP
+            >>> app.invoke("...", run_id="problem-17")  # resumes it if it was cut off
+        """
+        from langchain_rankguide.checkpoints import open_checkpointer
+
+        return cls(config, checkpointer=open_checkpointer(config.checkpoint, target=checkpoint))
+
     def stream(
         self,
         question: RunInput,
@@ -320,17 +370,20 @@ class RankGuideApp:
         :attr:`RunResult.wall_s` never counts loading.
         """
         options = options or RunOptions()
-        finished = self._finished_state(run_id, question) if run_id is not None else None
-        if finished is not None:
-            return RunStream(self, None, options, str(run_id), finished_state=finished)
-        if run_id is not None and self.resumable(run_id):
+        stored, unfinished = self._stored_run(run_id)
+        if self._asks_finished_run(run_id, question, stored, unfinished):
+            return RunStream(self, None, options, str(run_id), stored_state=stored, finished=True)
+        if unfinished:
             graph_input = None
         elif question is None:
             raise ValueError(f"no question given and no unfinished run {run_id!r} to resume")
         else:
             graph_input = {"question": question} if isinstance(question, str) else dict(question)
+            stored = {}
         self.pipeline.warm_up(options)
-        return RunStream(self, graph_input, options, run_id or uuid.uuid4().hex)
+        return RunStream(
+            self, graph_input, options, run_id or uuid.uuid4().hex, stored_state=stored
+        )
 
     def astream(
         self,
@@ -366,28 +419,35 @@ class RankGuideApp:
         """:meth:`invoke` for async code (the run goes on in a worker thread)."""
         return await asyncio.to_thread(self.invoke, question, options, run_id=run_id)
 
-    def _finished_state(self, run_id: str, question: RunInput) -> dict[str, Any] | None:
-        """The stored state of a finished run on ``run_id`` that ``question`` asks again."""
-        if self.checkpointer is None:
-            return None
+    def _stored_run(self, run_id: str | None) -> tuple[dict[str, Any], bool]:
+        """The state checkpointed under ``run_id`` and whether its run is unfinished."""
+        if self.checkpointer is None or run_id is None:
+            return {}, False
         snapshot = self.graph.get_state({"configurable": {"thread_id": run_id}})
-        stored = dict(snapshot.values or {})
-        if snapshot.next or stored.get("stop_reason") is None:
-            return None
-        asked = question.get("question") if isinstance(question, Mapping) else question
+        return dict(snapshot.values or {}), bool(snapshot.next)
+
+    @staticmethod
+    def _asks_finished_run(
+        run_id: str | None, question: RunInput, stored: dict[str, Any], unfinished: bool
+    ) -> bool:
+        """``True`` if ``question`` asks ``run_id``'s finished run again (its result stands).
+
+        Raises:
+            InputError: the thread finished a run on another question.
+        """
+        if unfinished or stored.get("stop_reason") is None:
+            return False
         if isinstance(question, Mapping) and "question" not in question:
-            return None  # a conversation's next turn
+            return False  # a conversation's next turn
+        asked = question.get("question") if isinstance(question, Mapping) else question
         if asked is not None and asked != stored.get("question"):
             raise InputError(
                 f"thread {run_id!r} already finished a run on another question "
                 f"({stored.get('question')!r}); a finished run is never extended: use a new "
                 "thread id"
             )
-        return stored
+        return True
 
     def resumable(self, run_id: str) -> bool:
         """``True`` if the checkpointer holds an unfinished run under ``run_id``."""
-        if self.checkpointer is None:
-            return False
-        snapshot = self.graph.get_state({"configurable": {"thread_id": run_id}})
-        return bool(snapshot.next)
+        return self._stored_run(run_id)[1]

@@ -29,3 +29,14 @@ class CalibrationError(RankGuideError, ValueError):
 
 class InputError(RankGuideError, ValueError):
     """A question or prompt cannot be used: empty, not text, or longer than the context window."""
+
+
+class CheckpointError(RankGuideError):
+    """A checkpoint store cannot be opened or used: unreachable PostgreSQL, a file not SQLite.
+
+    The message names the store with any password replaced by ``***``.
+    """
+
+
+class ThreadBusyError(RankGuideError):
+    """A durable run's thread is being run elsewhere (another request, another worker)."""

@@ -14,4 +14,8 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 
 echo "== ruff"; ruff check .
 echo "== mypy"; mypy
+# The PostgreSQL tests start one throwaway cluster for the whole session (the `postgres` fixture
+# in tests/conftest.py: initdb in a temporary folder, a free loopback port; as root it runs as
+# the postgres or nobody account) and stop and delete it when pytest ends. They are skipped,
+# with the reason, only where PostgreSQL's initdb is not installed.
 echo "== pytest"; python -m pytest "$@"

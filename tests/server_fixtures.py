@@ -93,6 +93,17 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+HOOKS = REPO / "tests" / "hooks"
+"""The test hook that kills a child at a chosen point (``tests/hooks/sitecustomize.py``)."""
+
+
+def hooked_env(**extra: str) -> dict[str, str]:
+    """:func:`child_env` with the kill hook on the path; ``extra`` says where it strikes."""
+    env = child_env(**extra)
+    env["PYTHONPATH"] = os.pathsep.join((str(HOOKS), env["PYTHONPATH"]))
+    return env
+
+
 def rankguide_command(*args: str) -> list[str]:
     """The ``rankguide`` CLI as run by this interpreter (same environment as the tests)."""
     return [sys.executable, "-m", "langchain_rankguide.cli", *args]

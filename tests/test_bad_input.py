@@ -535,6 +535,11 @@ def test_cli_control_characters_are_just_text(
         (("serve", "--timeout", "nan"), ("--timeout", "finite number of seconds > 0")),
         (("serve", "--timeout", "0"), ("--timeout", "finite number of seconds > 0")),
         (("serve", "--timeout=-5"), ("--timeout", "finite number of seconds > 0")),
+        (("serve", "--workers", "0"), ("--workers must be >= 1",)),
+        (
+            ("serve", "--port", "0", "--workers", "2", "--checkpoint", "runs.sqlite"),
+            ("--workers 2 needs a checkpoint store its workers share: PostgreSQL", "runs.sqlite"),
+        ),
         (
             ("calibrate", "--out", "/no/such/dir/cal.json"),
             ("--out", "directory does not exist: /no/such/dir"),
@@ -562,6 +567,8 @@ def test_cli_control_characters_are_just_text(
         "serve-timeout-nan",
         "serve-timeout-zero",
         "serve-timeout-negative",
+        "serve-workers-zero",
+        "serve-workers-on-sqlite",
         "calibrate-out-dir-missing",
         "calibrate-report-dir-missing",
     ],
@@ -670,6 +677,75 @@ def test_cli_garbage_checkpoint_file_is_one_line(
     garbage.write_bytes(bytes(range(256)) * 16)
     argv = ("run", "--config", str(tiny_yaml), "--checkpoint", str(garbage), "--json", "go")
     assert_one_line_error(*cli(capsys, *argv)[::2], "cannot open checkpoint database")
+
+
+@pytest.fixture(scope="module")
+def postgres_yaml(tiny_pair: tuple[Path, Path], work: Path) -> Path:
+    """The tiny pair, durable on PostgreSQL (the URL in $RANKGUIDE_POSTGRES_URL)."""
+    data = {**tiny_data(tiny_pair), "checkpoint": {"backend": "postgres"}}
+    return write_config(work / "postgres.yaml", data)
+
+
+@pytest.mark.parametrize(
+    "case,needles",
+    [
+        (
+            "refused",
+            ("cannot reach the PostgreSQL checkpoint store", ":***@127.0.0.1:1/", "refused"),
+        ),
+        ("wrong-password", ("password authentication failed", "(from $RANKGUIDE_POSTGRES_URL)")),
+        ("no-database", ('database "no_such_db" does not exist',)),
+        (
+            "variable-unset",
+            (
+                "checkpoint.postgres_url_env: environment variable 'RANKGUIDE_POSTGRES_URL' "
+                "is not set",
+            ),
+        ),
+        (
+            "variable-not-a-url",
+            (
+                "checkpoint.postgres_url_env: the value of RANKGUIDE_POSTGRES_URL must be a "
+                "postgresql:// URL",
+            ),
+        ),
+        ("serve", ("cannot reach the PostgreSQL checkpoint store", "refused")),
+        ("serve-workers", ("cannot reach the PostgreSQL checkpoint store", "refused")),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_cli_postgres_it_cannot_use_is_one_line_without_the_password(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    postgres: Any,
+    postgres_yaml: Path,
+    case: str,
+    needles: tuple[str, ...],
+) -> None:
+    """A dead, misconfigured or misnamed PostgreSQL: one line, exit 2, before any model loads;
+    no password (the right one or a wrong one) is ever written."""
+    good = postgres.url
+    dead = good.replace(f":{postgres.cluster.port}/", ":1/")
+    urls = {
+        "refused": dead,
+        "wrong-password": good.replace("s3cret", "Wr0ng-LEAK"),
+        "no-database": good.rsplit("/", 1)[0] + "/no_such_db",
+        "variable-not-a-url": "host=db password=Wr0ng-LEAK",
+        "serve": dead,
+        "serve-workers": dead,
+    }
+    monkeypatch.delenv("RANKGUIDE_POSTGRES_URL", raising=False)
+    if case in urls:
+        monkeypatch.setenv("RANKGUIDE_POSTGRES_URL", urls[case])
+    if case.startswith("serve"):
+        workers = ["--workers", "2"] if case == "serve-workers" else []
+        argv = ["serve", "--config", str(postgres_yaml), "--port", "0", *workers]
+    else:
+        argv = ["run", "--config", str(postgres_yaml), "--thread-id", "t", "go"]
+    code, out, err = cli(capsys, *argv)
+    assert_one_line_error(code, err, *needles)
+    for secret in (postgres.password, "Wr0ng-LEAK", "s3cret"):
+        assert secret not in err + out
 
 
 # --------------------------------------------------------------------------- Python API

@@ -216,6 +216,20 @@ def test_key_of_other_provider_is_explained() -> None:
         ({"sampling": {"top_p": 0}}, "sampling.top_p: must be > 0"),
         ({"sampling": {"top_k": -1}}, "sampling.top_k: must be >= 0"),
         ({"version": 2}, "version: unsupported config version 2"),
+        ({"checkpoint": {"backend": "postgress"}}, "did you mean 'postgres'?"),
+        (
+            {"checkpoint": {"backend": "sqlite"}},
+            "checkpoint.sqlite_path: is required when checkpoint.backend is sqlite",
+        ),
+        (
+            {"checkpoint": {"backend": "postgres", "sqlite_path": "runs.sqlite"}},
+            "checkpoint.sqlite_path: must be null when checkpoint.backend is postgres",
+        ),
+        (
+            {"checkpoint": {"sqlite_path": "r.sqlite", "postgres_url": "postgresql://u@h/db"}},
+            "checkpoint.postgres_url: set sqlite_path or postgres_url, not both",
+        ),
+        ({"checkpoint": {"postgres_url": 5432}}, "checkpoint.postgres_url: must be a string"),
     ],
 )
 def test_bad_values_name_the_field_path(data: dict[str, Any], expected: str) -> None:
@@ -411,6 +425,47 @@ def test_key_pasted_into_api_key_env_is_not_echoed() -> None:
     message = error_of({"lrm": {**REMOTE, "api_key_env": secret}})
     assert "lrm.api_key_env: must be the NAME of an environment variable" in message
     assert secret not in message
+
+
+@pytest.mark.parametrize(
+    "url,expected",
+    [
+        ("postgresql://app:pw-LEAK-1@db:5432/runs", "holds a password; secrets must not be"),
+        ("postgresql://app@db/runs?password=pw-LEAK-1", "holds a password; secrets must not be"),
+        ("mysql://app:pw-LEAK-1@db/runs", "must be a postgresql:// URL"),
+        ("host=db password=pw-LEAK-1", "must be a postgresql:// URL"),
+    ],
+    ids=["password-in-authority", "password-in-query", "not-postgres", "keyword-dsn"],
+)
+def test_postgres_url_with_a_password_or_another_scheme_is_refused_without_echo(
+    url: str, expected: str
+) -> None:
+    message = error_of({"checkpoint": {"postgres_url": url}})
+    assert f"checkpoint.postgres_url: {expected}" in message
+    assert "pw-LEAK-1" not in message
+
+
+def test_url_pasted_into_postgres_url_env_is_not_echoed() -> None:
+    message = error_of({"checkpoint": {"postgres_url_env": "postgresql://a:pw-LEAK-1@db/x"}})
+    assert "checkpoint.postgres_url_env: must be the NAME of an environment variable" in message
+    assert "pw-LEAK-1" not in message
+
+
+@pytest.mark.parametrize(
+    "section,store",
+    [
+        ({}, None),
+        ({"sqlite_path": "runs.sqlite"}, "sqlite"),
+        ({"postgres_url": "postgresql://app@db.internal:5432/runs"}, "postgres"),
+        ({"backend": "postgres"}, "postgres"),
+    ],
+)
+def test_the_checkpoint_store_follows_the_backend_or_what_is_set(
+    section: dict[str, Any], store: str | None
+) -> None:
+    config = parse_config({"checkpoint": section}, source="cfg.yaml")
+    assert config.checkpoint.store == store
+    assert config.checkpoint.postgres_url_env == "RANKGUIDE_POSTGRES_URL"
 
 
 # --------------------------------------------------------------------------- overrides

@@ -1,23 +1,24 @@
-"""Durability: a ``rankguide run`` killed with SIGKILL resumes from its SQLite checkpoint with no
-committed step lost or duplicated; numerical faults escalate with a recorded reason.
+"""Durability: a ``rankguide run`` killed with SIGKILL resumes from its checkpoint (SQLite or
+PostgreSQL) with no committed step lost, duplicated or printed twice; numerical faults escalate
+with a recorded reason.
 
-The killed processes are real: ``python -c HOOK run --checkpoint DB --thread-id T ...`` runs the
-CLI's own ``main`` after HOOK wraps one graph node so that its Nth call SIGKILLs the process once
-the state the node was handed is on disk. ``guard:N`` is therefore a kill between the Nth SRM
-draft and its guard (the draft is checkpointed, the decision is not), ``lrm_step:N`` a kill with
-an escalation pending, ``srm_step:N`` a kill between committed steps. One more run is killed
-from outside at an arbitrary moment while it prints its trace. The resume runs in this process
-(``cli.main``) and must equal an uninterrupted run step for step.
+The killed processes are real: ``rankguide run --checkpoint DB --thread-id T ...`` with the test
+hook of ``tests/hooks/sitecustomize.py`` on its path, which wraps one graph node so that its Nth
+call SIGKILLs the process once the state the node was handed is on disk. ``guard:N`` is
+therefore a kill between the Nth SRM draft and its guard (the draft is checkpointed, the
+decision is not), ``lrm_step:N`` a kill with an escalation pending, ``srm_step:N`` a kill
+between committed steps. Another run is killed from outside at an arbitrary moment while it
+prints its trace, and two more (one per store) right after their live trace printed a step. The
+resume runs in this process (``cli.main``) and must equal an uninterrupted run step for step.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
-import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,69 +26,24 @@ from typing import Any
 
 import pytest
 import torch
-from server_fixtures import REPO, child_env, tiny_config_data, write_config
+from server_fixtures import (
+    REPO,
+    hooked_env,
+    rankguide_command,
+    start_serve,
+    tiny_config_data,
+    write_config,
+)
 
+from langchain_rankguide.checkpoints import open_checkpointer
 from langchain_rankguide.cli import main
-from langchain_rankguide.config import load_config
+from langchain_rankguide.config import CheckpointConfig, load_config
 from langchain_rankguide.engine.hooks import find_decoder_layers
 from langchain_rankguide.graph import build_graph
 from langchain_rankguide.pipeline import RunSession
 
 THREAD = "durable-1"
 QUESTION = "go"
-
-# Runs in the child before the CLI: wraps graph node RG_TEST_KILL_AT="<node>:<n>" so its n-th
-# call waits until the checkpoint on disk holds the state it was handed, then SIGKILLs the
-# process; RG_TEST_SLOW_S slows every forward pass (for the kill from outside).
-HOOK = r"""
-import os, signal, sqlite3, sys, time
-import torch
-torch.set_num_threads(1)
-from langchain_rankguide import graph as _graph
-from langchain_rankguide.engine import step_engine as _engine
-
-slow = float(os.environ.get("RG_TEST_SLOW_S") or 0)
-if slow:
-    _feed = _engine.StepEngine._feed
-    def _slow_feed(self, *args, **kwargs):
-        time.sleep(slow)
-        return _feed(self, *args, **kwargs)
-    _engine.StepEngine._feed = _slow_feed
-
-kill_at = os.environ.get("RG_TEST_KILL_AT")
-if kill_at:
-    node, nth = kill_at.split(":")
-    db, thread = os.environ["RG_TEST_KILL_DB"], os.environ["RG_TEST_KILL_THREAD"]
-    original = getattr(_graph._Nodes, node)
-    calls = [0]
-
-    savers = []
-
-    def _on_disk(state):
-        if not savers:
-            from langgraph.checkpoint.sqlite import SqliteSaver
-            savers.append(SqliteSaver(sqlite3.connect(db, check_same_thread=False)))
-        found = savers[0].get_tuple({"configurable": {"thread_id": thread}})
-        if found is None:
-            return False
-        values = found.checkpoint["channel_values"]
-        return (values.get("steps", []) == state.get("steps", [])
-                and values.get("pending") == state.get("pending"))
-
-    def wrapped(self, state, config):
-        calls[0] += 1
-        if calls[0] == int(nth):
-            deadline = time.monotonic() + 60
-            while not _on_disk(state) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            os.kill(os.getpid(), signal.SIGKILL)
-        return original(self, state, config)
-
-    setattr(_graph._Nodes, node, wrapped)
-
-from langchain_rankguide.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 # The reference run: srm_step guard | srm_step lrm_step x3 | srm_step guard | srm_step lrm_step.
 KILL_POINTS = ["guard:2", "lrm_step:2", "srm_step:3"]
@@ -107,11 +63,9 @@ def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
     return json.loads(out)
 
 
-def saved_state(config_path: Path, db: Path) -> Any:
+def saved_state(config_path: Path, store: Path | str) -> Any:
     """The run's latest checkpoint, read as a fresh process would."""
-    from langgraph.checkpoint.sqlite import SqliteSaver
-
-    saver = SqliteSaver(sqlite3.connect(db, check_same_thread=False))
+    saver = open_checkpointer(CheckpointConfig(), target=str(store), setup=False)
     graph = build_graph(load_config(config_path), checkpointer=saver)
     return graph.get_state({"configurable": {"thread_id": THREAD}})
 
@@ -132,11 +86,11 @@ def reference(config_path: Path) -> dict[str, Any]:
     return result_json(state, 0.0)
 
 
-def child(config_path: Path, db: Path, env: dict[str, str], **popen: Any) -> subprocess.Popen[Any]:
-    argv = ["run", "--config", str(config_path), "--checkpoint", str(db), "--thread-id", THREAD]
-    return subprocess.Popen(
-        [sys.executable, "-c", HOOK, *argv, QUESTION], env=env, cwd=REPO, **popen
-    )
+def child(
+    config_path: Path, store: Path | str, env: dict[str, str], **popen: Any
+) -> subprocess.Popen[Any]:
+    argv = ["run", "--config", str(config_path), "--checkpoint", str(store), "--thread-id", THREAD]
+    return subprocess.Popen(rankguide_command(*argv, QUESTION), env=env, cwd=REPO, **popen)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +100,7 @@ def killed(config_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     procs: dict[str, tuple[subprocess.Popen[Any], Path]] = {}
     for point in KILL_POINTS:
         db = folder / f"{point.replace(':', '-')}.sqlite"
-        env = child_env(RG_TEST_KILL_AT=point, RG_TEST_KILL_DB=str(db), RG_TEST_KILL_THREAD=THREAD)
+        env = hooked_env(RG_TEST_KILL_AT=point, RG_TEST_KILL_DB=str(db), RG_TEST_KILL_THREAD=THREAD)
         procs[point] = (
             child(config_path, db, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE),
             db,
@@ -209,7 +163,7 @@ def test_run_killed_from_outside_mid_trace_resumes(
     proc = child(
         config_path,
         db,
-        child_env(RG_TEST_SLOW_S="0.05"),
+        hooked_env(RG_TEST_SLOW_S="0.05"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -233,6 +187,157 @@ def test_run_killed_from_outside_mid_trace_resumes(
         capsys, "--config", str(config_path), "--checkpoint", str(db), "--thread-id", THREAD
     )
     assert strip(resumed["steps"]) == strip(reference["steps"])
+
+
+PRINTED = 2
+"""The live trace kills its process right after it printed this step."""
+
+STEP_LINE = re.compile(r"^\[\s*(\d+)\] (SRM|LRM) (\w+)", re.MULTILINE)
+
+
+def printed_steps(trace: str) -> list[tuple[int, str, str]]:
+    """The (index, author, decision) of each step a live trace printed, in order."""
+    return [(int(i), author.lower(), decision) for i, author, decision in STEP_LINE.findall(trace)]
+
+
+@pytest.fixture(scope="module")
+def killed_after_print(
+    request: pytest.FixtureRequest, config_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[str, str]]:
+    """One real ``rankguide run`` per store (side by side), SIGKILLed by its own live trace
+    right after it printed step ``PRINTED``: the store and what the process printed."""
+    stores = {"sqlite": str(tmp_path_factory.mktemp("printed") / "printed.sqlite")}
+    try:
+        stores["postgres"] = request.getfixturevalue("postgres").database_url("printed")
+    except pytest.skip.Exception:
+        pass  # the postgres case skips with the fixture's reason
+    procs = {
+        kind: child(
+            config_path,
+            store,
+            hooked_env(RG_TEST_KILL_AFTER_PRINT=str(PRINTED)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for kind, store in stores.items()
+    }
+    out = {}
+    for kind, proc in procs.items():
+        printed, err = proc.communicate(timeout=180)
+        assert proc.returncode == -signal.SIGKILL, f"{kind}: not killed\n{err[-2000:]}"
+        out[kind] = (stores[kind], printed)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_printed_step_is_durable_and_printed_once(
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
+    config_path: Path,
+    reference: dict[str, Any],
+    killed_after_print: dict[str, tuple[str, str]],
+    kind: str,
+) -> None:
+    """Killed right after the live trace printed a step, the step is in the checkpoint; the
+    resume prints only the rest, so the two traces hold every step exactly once."""
+    if kind not in killed_after_print:
+        request.getfixturevalue("postgres")  # skips with the reason
+    store, first = killed_after_print[kind]
+    before = printed_steps(first)
+    assert [i for i, _, _ in before] == list(range(PRINTED + 1)), first
+    saved = saved_state(config_path, store)
+    assert len(saved.values["steps"]) == PRINTED + 1, "a printed step is not in the checkpoint"
+    code = main(["run", "--config", str(config_path), "--checkpoint", store, "--thread-id",
+                 THREAD, QUESTION])  # fmt: skip
+    second, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"resuming thread '{THREAD}' after {PRINTED + 1} committed steps" in second
+    expected = [(i, s["author"], s["decision"]) for i, s in enumerate(reference["steps"])]
+    assert before + printed_steps(second) == expected
+
+
+CROSS_THREAD = "cross-worker-1"
+
+
+def completion(url: str, thread_id: str | None) -> dict[str, Any]:
+    """The demo question through the ``rankguide`` model, under the random policy, seed 1
+    (the demo pair then writes SRM, LRM, LRM, SRM, SRM, SRM and answers 69)."""
+    import httpx
+
+    from langchain_rankguide.commands.run import DEMO_QUESTION
+
+    extras: dict[str, Any] = {"policy": "random"}
+    if thread_id is not None:
+        extras["thread_id"] = thread_id
+    body = {"model": "rankguide", "prompt": DEMO_QUESTION, "seed": 1, "rankguide": extras}
+    reply = httpx.post(f"{url}/v1/completions", json=body, timeout=120)
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
+def test_a_run_killed_on_one_worker_resumes_on_another(postgres: Any, tmp_path: Path) -> None:
+    """``rankguide serve --workers 2`` on PostgreSQL with the demo models: the worker running a
+    durable request is SIGKILLed with an escalation pending; the same request sent again is
+    served by another process, which resumes the run to the uninterrupted run's steps and
+    answer."""
+    import httpx
+    import psutil
+
+    db = postgres.database_url("workers")
+    config = write_config(
+        tmp_path / "durable.yaml", {"version": 1, "checkpoint": {"backend": "postgres"}}
+    )
+    marker = tmp_path / "killed-pid"
+    env = hooked_env(
+        RANKGUIDE_POSTGRES_URL=db,
+        RG_TEST_KILL_AT="lrm_step:2",
+        RG_TEST_KILL_DB=db,
+        RG_TEST_KILL_THREAD=CROSS_THREAD,
+        RG_TEST_KILL_ONCE=str(marker),
+    )
+    server = start_serve(config, "--workers", "2", env=env)
+    try:
+        reference = completion(server.url, None)  # a plain run: no thread, no checkpoint
+        with pytest.raises(httpx.TransportError):  # its worker dies mid-run
+            completion(server.url, CROSS_THREAD)
+        killed = int(marker.read_text())
+        saved = open_checkpointer(CheckpointConfig(), target=db, setup=False)
+        state = build_graph(load_config(), checkpointer=saved).get_state(
+            {"configurable": {"thread_id": CROSS_THREAD}}
+        )
+        assert state.next == ("lrm_step",) and len(state.values["steps"]) == 2
+        resumed = completion(server.url, CROSS_THREAD)
+    finally:
+        server.stop()
+    gone = not psutil.pid_exists(killed) or psutil.Process(killed).status() == "zombie"
+    assert gone and killed != server.process.pid, "the worker that ran it first is dead"
+    ours, theirs = resumed["rankguide"], reference["rankguide"]
+    assert [s["author"] for s in theirs["steps"]] == ["srm", "lrm", "lrm", "srm", "srm", "srm"]
+    assert strip(ours["steps"]) == strip(theirs["steps"])
+    assert resumed["choices"][0]["text"] == reference["choices"][0]["text"] == "69"
+    assert ours["thread_id"] == CROSS_THREAD
+    for model in ("srm", "lrm"):  # no token generated twice: the pending escalation resumed
+        decoded = ours["usage_by_model"][model]["decode_tokens"]
+        assert decoded == theirs["usage_by_model"][model]["decode_tokens"]
+
+
+def test_a_thread_runs_in_one_place_at_a_time_across_savers(postgres: Any) -> None:
+    """Two savers on one PostgreSQL database stand for two workers: while one holds a thread's
+    lease the other is refused, and the lease is free again once released."""
+    from langchain_rankguide.checkpoints import thread_lease
+    from langchain_rankguide.errors import ThreadBusyError
+
+    db = postgres.database_url("leases")
+    first, second = (open_checkpointer(CheckpointConfig(), target=db) for _ in range(2))
+    with thread_lease(first, "t"):
+        with pytest.raises(ThreadBusyError, match="thread 't' is being run by another request"):
+            with thread_lease(second, "t"):
+                pass
+        with thread_lease(second, "another thread"):
+            pass
+    with thread_lease(second, "t"):
+        pass
 
 
 # --------------------------------------------------------------------------- numerical faults

@@ -375,6 +375,11 @@ def test_malformed_json_is_400(http: httpx.Client) -> None:
             {"model": "rankguide", "messages": GO, "rankguide": {"steering_scale": "-inf"}},
             "rankguide.steering_scale",
         ),
+        (
+            "/completions",
+            {"model": "rankguide", "prompt": "go", "rankguide": {"thread_id": "../../etc"}},
+            "rankguide.thread_id",
+        ),
     ],
 )
 def test_wrong_types_are_400_naming_the_field(
@@ -655,6 +660,57 @@ def test_unreachable_lrm_is_502(tiny_pair: tuple[Path, Path], tmp_path: Path) ->
         assert json.loads(events[-1][6:])["error"]["type"] == "server_error"
         assert "data: [DONE]" not in events
         assert wait_until(lambda: app.state.admission._inside == 0)
+
+
+def test_a_thread_id_needs_a_server_with_a_checkpoint_store(http: httpx.Client) -> None:
+    body = {"model": "rankguide", "prompt": "go", "rankguide": {"thread_id": "t1"}}
+    error = assert_error(http.post("/completions", json=body), 400, "invalid_request_error")
+    assert error["message"].startswith("rankguide.thread_id: this server keeps no checkpoints")
+
+
+def test_a_durable_request_runs_once_at_a_time_resumes_and_keeps_its_result(
+    served_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``rankguide.thread_id`` on a server with a store: while the run goes on, the same thread
+    is refused with 409; a run cut off (the client hung up) resumes when the request comes
+    again, and a finished one returns its stored result."""
+    from langchain_rankguide.checkpoints import open_checkpointer
+    from langchain_rankguide.config import CheckpointConfig
+    from langchain_rankguide.engine import step_engine
+    from langchain_rankguide.server.app import build_app_from_config
+
+    app = build_app_from_config(
+        load_config(str(served_config)),
+        limits=ServerLimits(max_concurrency=2),
+        checkpoint=str(tmp_path / "runs.sqlite"),
+    )
+    body = {"model": "rankguide", "prompt": "go", "rankguide": {"thread_id": "t-409"}}
+    with InProcessServer(app) as server, httpx.Client(base_url=server.v1, timeout=60) as http:
+        plain = http.post("/completions", json={**body, "rankguide": {}}).json()["rankguide"]
+        feed = step_engine.StepEngine._feed
+
+        def slow_feed(self: Any, *args: Any, **kwargs: Any) -> Any:
+            time.sleep(0.02)
+            return feed(self, *args, **kwargs)
+
+        monkeypatch.setattr(step_engine.StepEngine, "_feed", slow_feed)
+        with http.stream("POST", "/completions", json={**body, "stream": True}) as stream:
+            first_event(stream.iter_lines())  # the run holds its thread
+            busy = http.post("/completions", json=body)
+            assert_error(busy, 409, "conflict_error")
+            assert "thread 't-409' is being run by another request" in busy.text
+        assert wait_until(lambda: app.state.admission._inside == 0)
+        monkeypatch.setattr(step_engine.StepEngine, "_feed", feed)
+        saver = open_checkpointer(CheckpointConfig(), target=str(tmp_path / "runs.sqlite"))
+        cut = build_graph(load_config(str(served_config)), checkpointer=saver).get_state(
+            {"configurable": {"thread_id": "t-409"}}
+        )
+        assert cut.next and 0 < len(cut.values["steps"]) < len(plain["steps"]), "cut mid-run"
+        resumed = http.post("/completions", json=body).json()["rankguide"]
+        again = http.post("/completions", json=body).json()["rankguide"]
+    assert resumed["thread_id"] == "t-409"
+    for reply in (resumed, again):
+        assert [s["text"] for s in reply["steps"]] == [s["text"] for s in plain["steps"]]
 
 
 # --------------------------------------------------------------------------- bounds on clients

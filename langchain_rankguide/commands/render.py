@@ -34,6 +34,14 @@ class TraceRenderer:
             f"[dim]SRM {pipeline.srm_identity} + LRM {pipeline.lrm_identity}; policy {policy}[/dim]"
         )
 
+    def resumed(self, thread_id: str, committed: int, *, finished: bool = False) -> None:
+        """Say that the run resumes a thread (its committed steps were shown when they ran)."""
+        if finished:
+            note = f"thread {thread_id!r} finished earlier ({committed} steps): its stored result"
+        else:
+            note = f"resuming thread {thread_id!r} after {committed} committed steps"
+        self.console.print(Text(note, style="dim"))
+
     def step(self, step: dict[str, Any]) -> None:
         """Print one committed step with its author, key signals, decision and failure mode."""
         author = step["author"]

@@ -40,7 +40,12 @@ def register(subparsers: Any) -> None:
     steer.add_argument("--steer", metavar="FILE", help="apply this steering vector to the SRM")
     steer.add_argument("--no-steer", action="store_true", help="switch steering off")
     parser.add_argument(
-        "--checkpoint", metavar="SQLITE", help="make the run durable in this SQLite file"
+        "--checkpoint",
+        metavar="STORE",
+        help=(
+            "make the run durable in this SQLite file or PostgreSQL URL (postgresql://...; "
+            "better: checkpoint.backend postgres and $RANKGUIDE_POSTGRES_URL, out of ps)"
+        ),
     )
     parser.add_argument("--thread-id", help="run id in the checkpoint (resume an interrupted run)")
     parser.add_argument(
@@ -112,15 +117,12 @@ def run_command(args: argparse.Namespace) -> int:
         raise RankGuideError("the question is empty")
     config = load_config(args.config, overrides=_overrides(args))
     check_environment(config, source=args.config or "<defaults>")
-    checkpointer = None
-    if args.thread_id is not None and not (args.checkpoint or config.checkpoint.sqlite_path):
+    if args.thread_id is not None and not (args.checkpoint or config.checkpoint.store):
         raise RankGuideError(
             "--thread-id needs a checkpoint to resume from: add --checkpoint FILE "
-            "(or set checkpoint.sqlite_path)"
+            "(or set checkpoint.sqlite_path or checkpoint.backend)"
         )
-    if args.checkpoint or config.checkpoint.sqlite_path:
-        checkpointer = _sqlite_saver(args.checkpoint or str(config.checkpoint.sqlite_path))
-    app = RankGuideApp(config, checkpointer=checkpointer)
+    app = RankGuideApp.from_config(config, checkpoint=args.checkpoint)
     options = _options(args)
     # With --thread-id, an unfinished checkpoint of that run resumes (the question is not
     # asked again); the run stream loads the models before its clock starts.
@@ -133,23 +135,9 @@ def run_command(args: argparse.Namespace) -> int:
     renderer = TraceRenderer()
     renderer.header(question, config, app.pipeline, options)
     with app.stream(question, options, run_id=args.thread_id) as run:
+        if run.prior_steps:
+            renderer.resumed(run.run_id, len(run.prior_steps), finished=run.finished_before)
         for event in run:
             renderer.step(event.step)
     renderer.summary(run.result)
     return 0
-
-
-def _sqlite_saver(path: str) -> Any:
-    import sqlite3
-
-    try:
-        from langgraph.checkpoint.sqlite import SqliteSaver
-    except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise RankGuideError("durable runs need langgraph-checkpoint-sqlite") from exc
-    try:
-        connection = sqlite3.connect(path, check_same_thread=False)
-        # connect() is lazy: reading the schema is what finds a file that is not a database.
-        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.Error as exc:
-        raise RankGuideError(f"cannot open checkpoint database {path}: {exc}") from None
-    return SqliteSaver(connection)

@@ -48,6 +48,19 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--log-level", default="warning", choices=LOG_LEVELS, help="uvicorn log level"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes on the one port, each with its own models (default 1); more "
+        "than one needs a PostgreSQL checkpoint store, or none",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        metavar="STORE",
+        help="keep durable runs (requests naming rankguide.thread_id) in this SQLite file or "
+        "PostgreSQL URL; default: the config's checkpoint section",
+    )
     parser.set_defaults(handler=serve_command)
 
 
@@ -103,24 +116,16 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    """Build the app and run uvicorn until interrupted."""
-    import uvicorn
-    from pydantic import SecretStr
-
+    """Build the app and run uvicorn (or ``--workers`` processes of it) until interrupted."""
     from langchain_rankguide.config import load_config
-    from langchain_rankguide.server.app import ServerLimits, build_app_from_config
-    from langchain_rankguide.server.connection import uvicorn_settings
+    from langchain_rankguide.server.app import ServerLimits
 
-    api_key = None
-    if args.api_key_env:
-        value = os.environ.get(args.api_key_env)
-        if not value:
-            raise RankGuideError(f"--api-key-env names {args.api_key_env}, which is not set")
-        api_key = SecretStr(value)
-    for name in ("max_concurrency", "max_queue", "max_tokens", "max_body_bytes"):
+    api_key = _api_key(args.api_key_env)
+    for name in ("max_concurrency", "max_queue", "max_tokens", "max_body_bytes", "workers"):
         if getattr(args, name) < 1:
             raise RankGuideError(f"--{name.replace('_', '-')} must be >= 1")
     check_port_free(args.host, args.port)
+    config = load_config(args.config)
     limits = ServerLimits(
         max_body_bytes=args.max_body_bytes,
         max_tokens=args.max_tokens,
@@ -128,18 +133,63 @@ def serve_command(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         request_timeout_s=args.timeout,
     )
-    app = build_app_from_config(load_config(args.config), limits=limits, api_key=api_key)
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        **uvicorn_settings(limits.read_timeout_s),
+    if args.workers > 1:
+        return _serve_workers(args, config, limits)
+    _serve_one(args, config, limits, api_key)
+    return 0
+
+
+def _api_key(name: str | None) -> Any:
+    from pydantic import SecretStr
+
+    if not name:
+        return None
+    value = os.environ.get(name)
+    if not value:
+        raise RankGuideError(f"--api-key-env names {name}, which is not set")
+    return SecretStr(value)
+
+
+def _serve_one(args: argparse.Namespace, config: Any, limits: Any, api_key: Any) -> None:
+    import uvicorn
+
+    from langchain_rankguide.server.app import build_app_from_config
+    from langchain_rankguide.server.connection import uvicorn_settings
+
+    app = build_app_from_config(config, limits=limits, api_key=api_key, checkpoint=args.checkpoint)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            **uvicorn_settings(limits.read_timeout_s),
+        )
     )
-    server = uvicorn.Server(config)
     # Announce the address (with --port 0, tests and scripts read the chosen port from it).
     _announce_port(server)
     server.run()
+
+
+def _serve_workers(args: argparse.Namespace, config: Any, limits: Any) -> int:
+    """Check the checkpoint store once, then hand the socket to ``--workers`` processes."""
+    from langchain_rankguide.checkpoints import checkpoint_store, prepare_store
+    from langchain_rankguide.server.workers import WorkerSpec, serve_workers
+
+    store = checkpoint_store(config.checkpoint, target=args.checkpoint)
+    if store is not None and store.kind == "sqlite":
+        raise RankGuideError(
+            f"--workers {args.workers} needs a checkpoint store its workers share: PostgreSQL "
+            f"(checkpoint.backend: postgres); the SQLite file {store.location} (from "
+            f"{store.source}) takes one process"
+        )
+    prepare_store(config.checkpoint, target=args.checkpoint)  # reachable, tables made once
+    spec = WorkerSpec(args.config, args.checkpoint, args.api_key_env, limits)
+    ready = serve_workers(
+        spec, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level
+    )
+    if not ready:
+        raise RankGuideError("the workers did not start: see their errors above")
     return 0
 
 

@@ -34,6 +34,7 @@ from langchain_rankguide.config.models import (
     CONFIG_VERSION,
     DEMO_CALIBRATION,
     DEMO_MODELS,
+    POSTGRES_URL_ENV,
     CheckpointConfig,
     HFLocalLRMConfig,
     HFModelConfig,
@@ -49,6 +50,7 @@ from langchain_rankguide.config.models import (
     SteeringConfig,
     StepsConfig,
     TimeoutsConfig,
+    postgres_url_problem,
 )
 
 __all__ = [
@@ -57,6 +59,7 @@ __all__ = [
     "DEMO_CALIBRATION",
     "DEMO_MODELS",
     "DOCS_MARKER",
+    "POSTGRES_URL_ENV",
     "CheckpointConfig",
     "HFLocalLRMConfig",
     "HFModelConfig",
@@ -82,5 +85,6 @@ __all__ = [
     "merge_overrides",
     "parse_config",
     "parse_yaml",
+    "postgres_url_problem",
     "update_reference_doc",
 ]

@@ -35,7 +35,7 @@ SECRET_KEYS = frozenset(
 )
 """Keys that look like a literal secret; they are rejected with a pointer to ``api_key_env``."""
 
-SENSITIVE_FIELDS = frozenset({"api_key_env"})
+SENSITIVE_FIELDS = frozenset({"api_key_env", "postgres_url", "postgres_url_env"})
 """Fields whose rejected value is never echoed (it may be a key pasted in the wrong place)."""
 
 CUSTOM_ERROR = "rankguide"

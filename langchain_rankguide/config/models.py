@@ -15,7 +15,7 @@ import string
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -781,14 +781,64 @@ class SamplingConfig(_Section):
     )
 
 
-class CheckpointConfig(_Section):
-    """Durable runs."""
+POSTGRES_URL_ENV = "RANKGUIDE_POSTGRES_URL"
+"""The environment variable a PostgreSQL checkpointer reads its URL from by default."""
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+"""URL schemes libpq reads as a PostgreSQL connection URL."""
+
+
+def postgres_url_problem(url: str) -> str | None:
+    """What is wrong with a PostgreSQL URL, or ``None``; the message never quotes the URL.
+
+    Example:
+        >>> postgres_url_problem("postgresql://rankguide@db.internal:5432/runs") is None
+        True
+        >>> postgres_url_problem("mysql://db/runs")
+        'must be a postgresql:// URL (postgresql://USER@HOST:PORT/DBNAME)'
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme not in POSTGRES_SCHEMES or any(ord(c) < 32 for c in url):
+        return "must be a postgresql:// URL (postgresql://USER@HOST:PORT/DBNAME)"
+    return None
+
+
+def _url_has_password(url: str) -> bool:
+    parts = urlsplit(url.strip())
+    return parts.password is not None or "password" in parse_qs(parts.query)
+
+
+class CheckpointConfig(_Section):
+    """Durable runs: where the LangGraph checkpointer keeps each run's state."""
+
+    backend: Literal["sqlite", "postgres"] | None = Field(
+        default=None,
+        description=(
+            "`sqlite` (one machine, one writer process) or `postgres` (shared by processes and "
+            "machines: `rankguide serve --workers N`); null picks `sqlite` when `sqlite_path` "
+            "is set, `postgres` when `postgres_url` is set, else runs stay in memory."
+        ),
+    )
     sqlite_path: str | None = Field(
         default=None,
         description=(
             "SQLite file for the LangGraph checkpointer (relative to the config file); "
             "null keeps runs in memory."
+        ),
+    )
+    postgres_url: str | None = Field(
+        default=None,
+        description=(
+            "PostgreSQL URL without a password (`postgresql://USER@HOST:5432/DBNAME`; libpq "
+            "reads the password from `PGPASSWORD` or `~/.pgpass`); null reads the whole URL "
+            "from the variable `postgres_url_env` names."
+        ),
+    )
+    postgres_url_env: str = Field(
+        default=POSTGRES_URL_ENV,
+        description=(
+            "NAME of the environment variable holding the PostgreSQL URL (password included) "
+            "when `backend` is `postgres` and `postgres_url` is null."
         ),
     )
 
@@ -800,6 +850,53 @@ class CheckpointConfig(_Section):
         if not value:
             fail("must not be empty (use null for none)")
         return _resolve_file(value, _base_dir(info), must_exist=False)
+
+    @field_validator("postgres_url")
+    @classmethod
+    def _check_postgres_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        problem = postgres_url_problem(value)
+        if problem:
+            fail(problem)
+        if _url_has_password(value):
+            fail(
+                "holds a password; secrets must not be written in the config file: put the "
+                "whole URL in the environment variable checkpoint.postgres_url_env names, or "
+                "the password in PGPASSWORD or ~/.pgpass"
+            )
+        return value.strip()
+
+    @field_validator("postgres_url_env")
+    @classmethod
+    def _check_env_name(cls, value: str) -> str:
+        if not _ENV_NAME_RE.match(value):
+            fail(
+                "must be the NAME of an environment variable (letters, digits, underscores), "
+                "not the URL itself"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_one_store(self) -> Self:
+        if self.sqlite_path is not None and self.postgres_url is not None:
+            fail("set sqlite_path or postgres_url, not both", subfield="postgres_url")
+        if self.backend == "sqlite" and self.sqlite_path is None:
+            fail("is required when checkpoint.backend is sqlite", subfield="sqlite_path")
+        if self.backend == "sqlite" and self.postgres_url is not None:
+            fail("must be null when checkpoint.backend is sqlite", subfield="postgres_url")
+        if self.backend == "postgres" and self.sqlite_path is not None:
+            fail("must be null when checkpoint.backend is postgres", subfield="sqlite_path")
+        return self
+
+    @property
+    def store(self) -> Literal["sqlite", "postgres"] | None:
+        """The checkpoint store in use: ``backend``, or the one a path or URL implies."""
+        if self.backend is not None:
+            return self.backend
+        if self.sqlite_path is not None:
+            return "sqlite"
+        return "postgres" if self.postgres_url is not None else None
 
 
 def _default_lrm() -> HFLocalLRMConfig:

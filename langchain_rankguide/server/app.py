@@ -33,7 +33,7 @@ from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from langchain_rankguide.errors import InputError, RankGuideError
+from langchain_rankguide.errors import InputError, RankGuideError, ThreadBusyError
 from langchain_rankguide.server.handlers import (
     Cancelled,
     Generation,
@@ -332,6 +332,9 @@ def create_app(
                     except Cancelled:
                         yield _sse(error_body("request deadline passed", "timeout_error"))
                         return
+                    except ThreadBusyError as exc:
+                        yield _sse(error_body(str(exc), "conflict_error"))
+                        return
                     except InputError as exc:
                         yield _sse(error_body(str(exc), "invalid_request_error"))
                         return
@@ -440,6 +443,8 @@ async def _whole(
         if stop.is_set():  # only the watcher sets it here: the client is gone
             return Response(status_code=499)
         raise HTTPError(504, "request deadline passed", "timeout_error") from None
+    except ThreadBusyError as exc:
+        raise HTTPError(409, str(exc), "conflict_error") from None
     except InputError as exc:
         raise HTTPError(400, str(exc), "invalid_request_error") from None
     except RankGuideError as exc:
@@ -566,16 +571,43 @@ class _CompletionRender:
 
 
 def build_app_from_config(
-    config: Any, *, limits: ServerLimits | None = None, api_key: SecretStr | None = None
+    config: Any,
+    *,
+    limits: ServerLimits | None = None,
+    api_key: SecretStr | None = None,
+    checkpoint: str | None = None,
+    setup_checkpoints: bool = True,
 ) -> FastAPI:
-    """Serve the configured pipeline as ``rankguide`` and each local model alone."""
+    """Serve the configured pipeline as ``rankguide`` and each local model alone.
+
+    Args:
+        config: the configuration.
+        limits: request bounds.
+        api_key: the bearer token every request must carry.
+        checkpoint: a SQLite file or ``postgresql://`` URL replacing ``config.checkpoint``'s
+            store (``rankguide serve --checkpoint``).
+        setup_checkpoints: create PostgreSQL's checkpoint tables (the workers of
+            ``serve --workers N`` skip it: their parent did it).
+
+    With a checkpoint store, requests naming a ``rankguide.thread_id`` are durable runs; the
+    others run without checkpoints, as without a store.
+    """
     from langchain_rankguide.app import RankGuideApp
+    from langchain_rankguide.checkpoints import open_checkpointer
 
     limits = limits or ServerLimits()
+    # A durable run holds one pooled connection for its lease and borrows another per write.
+    saver = open_checkpointer(
+        config.checkpoint,
+        target=checkpoint,
+        setup=setup_checkpoints,
+        connections=2 * limits.max_concurrency + 1,
+    )
     rankguide = RankGuideApp(config)
     pipeline = rankguide.pipeline
+    durable = RankGuideApp(pipeline, checkpointer=saver) if saver is not None else None
     handlers: dict[str, Handler] = {
-        "rankguide": RankGuideHandler(rankguide, max_tokens=limits.max_tokens),
+        "rankguide": RankGuideHandler(rankguide, max_tokens=limits.max_tokens, durable=durable),
         "srm": _LazyPlain(lambda: pipeline.srm, "srm", limits.max_tokens),
     }
     aliases = {pipeline.srm_identity: "srm"}

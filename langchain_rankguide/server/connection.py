@@ -93,7 +93,13 @@ class TimedH11Protocol(H11Protocol):
 
 
 def timed_protocol(read_timeout_s: float) -> type[TimedH11Protocol]:
-    """A :class:`TimedH11Protocol` class giving each request ``read_timeout_s`` seconds."""
+    """A :class:`TimedH11Protocol` class giving each request ``read_timeout_s`` seconds.
+
+    The default is the class itself, which pickles by name, as the workers of
+    ``rankguide serve --workers N`` need (their uvicorn settings travel pickled).
+    """
+    if read_timeout_s == TimedH11Protocol.read_timeout_s:
+        return TimedH11Protocol
     return type("TimedH11Protocol", (TimedH11Protocol,), {"read_timeout_s": read_timeout_s})
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from jinja2 import TemplateError
 
+from langchain_rankguide.checkpoints import thread_lease
 from langchain_rankguide.engine import LoadedModel, SamplingSettings, StepEngine, StepSettings
 from langchain_rankguide.errors import ConfigError, InputError, RankGuideError
 from langchain_rankguide.lrm import render_prompt
@@ -143,15 +144,24 @@ class PlainModelHandler:
 
 
 class RankGuideHandler:
-    """The whole collaboration served as one model: answer in content, steps as reasoning."""
+    """The whole collaboration served as one model: answer in content, steps as reasoning.
 
-    def __init__(self, app: RankGuideApp, *, max_tokens: int):
+    Args:
+        app: the run stream requests go through.
+        max_tokens: the server's largest ``max_tokens``.
+        durable: the same pipeline with a checkpointer, for requests naming a
+            ``rankguide.thread_id`` (``None``: the server keeps no checkpoints).
+    """
+
+    def __init__(self, app: RankGuideApp, *, max_tokens: int, durable: RankGuideApp | None = None):
         self.app = app
         self.max_tokens = max_tokens
+        self.durable = durable
 
     def _options(self, request: Any, limit: int | None) -> RunOptions:
         """The request's run options, refused (as the request's fault) if they cannot run."""
         extras = request.rankguide.model_dump(exclude_none=True) if request.rankguide else {}
+        extras.pop("thread_id", None)
         pipeline = self.app.pipeline
         if "policy" in extras:
             try:  # a policy this server cannot run (no calibration) is the request's problem
@@ -166,6 +176,16 @@ class RankGuideHandler:
         pipeline.check_options(options)
         return options
 
+    def _thread(self, request: Any) -> str | None:
+        """The request's ``rankguide.thread_id``, refused when this server keeps no checkpoints."""
+        thread_id = request.rankguide.thread_id if request.rankguide else None
+        if thread_id is not None and self.durable is None:
+            raise InputError(
+                "rankguide.thread_id: this server keeps no checkpoints; start it with "
+                "--checkpoint or a checkpoint section in its config"
+            )
+        return thread_id
+
     def _run(
         self,
         graph_input: dict[str, Any],
@@ -173,7 +193,28 @@ class RankGuideHandler:
         limit: int | None,
         cancelled: Callable[[], bool],
     ) -> Generation:
-        with self.app.stream(graph_input, self._options(request, limit)) as run:
+        options = self._options(request, limit)
+        thread_id = self._thread(request)
+        if thread_id is None or self.durable is None:
+            return (yield from self._steps(self.app, graph_input, options, None, cancelled))
+        with thread_lease(self.durable.checkpointer, thread_id):
+            return (
+                yield from self._steps(self.durable, graph_input, options, thread_id, cancelled)
+            )
+
+    def _steps(
+        self,
+        app: RankGuideApp,
+        graph_input: dict[str, Any],
+        options: RunOptions,
+        thread_id: str | None,
+        cancelled: Callable[[], bool],
+    ) -> Generation:
+        with app.stream(graph_input, options, run_id=thread_id) as run:
+            # A resumed or finished run's earlier steps first: the reply is the whole run.
+            for step in run.prior_steps:
+                if not step["is_answer"]:
+                    yield Piece(step["text"], "reasoning", step)
             for event in run:
                 if cancelled():
                     raise Cancelled("request cancelled")
@@ -191,14 +232,20 @@ class RankGuideHandler:
             "stop_reason": result.stop_reason,
             "correct": result.correct,
         }
+        if thread_id is not None:
+            vendor["thread_id"] = thread_id
         return Outcome(finish, total["prefill_tokens"], total["decode_tokens"], vendor)
 
     def chat(self, request: ChatCompletionRequest, cancelled: Callable[[], bool]) -> Generation:
         """Run the collaboration on the conversation."""
         messages = [m.to_template() for m in request.messages]
-        return (
-            yield from self._run({"prompt": messages}, request, request.token_limit(), cancelled)
-        )
+        graph_input: dict[str, Any] = {"prompt": messages}
+        if request.rankguide is not None and request.rankguide.thread_id is not None:
+            # Named like a question run, so that asking a finished thread again returns its
+            # result and another conversation on it is refused.
+            users = [m for m in messages if m.get("role") == "user"]
+            graph_input["question"] = str(users[-1].get("content") or "") if users else ""
+        return (yield from self._run(graph_input, request, request.token_limit(), cancelled))
 
     def complete(self, request: CompletionRequest, cancelled: Callable[[], bool]) -> Generation:
         """Run the collaboration on the prompt as a question."""

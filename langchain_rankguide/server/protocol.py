@@ -125,6 +125,11 @@ class RankGuideExtras(BaseModel):
     seed: int | None = None
     steering: bool | None = None
     steering_scale: float | None = Field(default=None, allow_inf_nan=False)
+    thread_id: str | None = Field(
+        default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+    )
+    """Make the run durable under this id (a server with a checkpoint store): sending the
+    request again resumes the run where it was cut off, or returns its result if it ended."""
 
 
 class _Request(BaseModel):
