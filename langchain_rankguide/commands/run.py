@@ -134,7 +134,10 @@ def run_command(args: argparse.Namespace) -> int:
     renderer.header(question, config, app.pipeline, options)
     with app.stream(question, options, run_id=args.thread_id) as run:
         for event in run:
-            renderer.step(event.step)
+            if event.withdrawn:
+                renderer.withdrawn(event.step)
+            else:
+                renderer.step(event.step)
     renderer.summary(run.result)
     return 0
 
