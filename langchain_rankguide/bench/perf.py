@@ -435,7 +435,7 @@ def _prefill_profile(
         previous = {"srm": 0, "lrm": 0}
         trace = 0
         with app.stream(problem.question, options) as run:
-            events = list(run)
+            events = [e for e in run if not e.withdrawn]
         for event in events:
             usage = usage_by_role(event.usage)
             now = {m: usage[m]["prefill_tokens"] for m in ("srm", "lrm")}

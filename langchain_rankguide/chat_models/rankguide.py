@@ -342,6 +342,8 @@ class ChatRankGuide(StreamFirstChatModel):
         timed_out = False
         with app.stream({"prompt": dicts}, self._run_options(merged)) as run:
             for event in run:
+                if event.withdrawn:  # streamed already; the LRM's rewrite follows
+                    continue
                 record = event.step
                 if record.get("is_answer") or record.get("finish_reason") == "eos":
                     answer_record = record

@@ -63,6 +63,12 @@ class TraceRenderer:
             draft = step["draft_text"].rstrip("\n")
             self.console.print(Text(f"     (SRM draft replaced: {draft})", style="dim strike"))
 
+    def withdrawn(self, step: dict[str, Any]) -> None:
+        """Print that a committed step was withdrawn by a rollback (the LRM rewrites it next)."""
+        who = step["author"].upper()
+        line = f"[{step['index']:>2}] {who} step withdrawn: the LRM rewrites it"
+        self.console.print(Text(line, style="bold yellow"))
+
     def summary(self, result: RunResult) -> None:
         """Print the answer, wall time and per-model tokens."""
         answer = result.answer

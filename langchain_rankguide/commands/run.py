@@ -138,6 +138,9 @@ def run_command(args: argparse.Namespace) -> int:
         if run.prior_steps:
             renderer.resumed(run.run_id, len(run.prior_steps), finished=run.finished_before)
         for event in run:
-            renderer.step(event.step)
+            if event.withdrawn:
+                renderer.withdrawn(event.step)
+            else:
+                renderer.step(event.step)
     renderer.summary(run.result)
     return 0

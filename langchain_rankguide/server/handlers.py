@@ -218,7 +218,8 @@ class RankGuideHandler:
             for event in run:
                 if cancelled():
                     raise Cancelled("request cancelled")
-                if not event.step["is_answer"]:
+                # A withdrawn step was streamed already; its rewrite follows as a new step.
+                if not event.withdrawn and not event.step["is_answer"]:
                     yield Piece(event.step["text"], "reasoning", event.step)
         result = run.result
         if result.answer:
