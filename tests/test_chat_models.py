@@ -27,8 +27,8 @@ from langchain_rankguide.chat_models.messages import (
     render_chat,
     to_chat_dicts,
 )
-from langchain_rankguide.chat_models.structured import llguidance_available
 from langchain_rankguide.engine import MODELS, ModelRegistry
+from langchain_rankguide.engine.grammar import llguidance_available
 from langchain_rankguide.engine.loading import demo_model_dir
 from langchain_rankguide.errors import ModelLoadError
 

@@ -21,7 +21,7 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 from syrupy.assertion import SnapshotAssertion
 
 from langchain_rankguide.chat_models import ChatRankGuide, ChatSteeredHuggingFace
-from langchain_rankguide.chat_models.structured import llguidance_available
+from langchain_rankguide.engine.grammar import llguidance_available
 from langchain_rankguide.engine.loading import demo_model_dir
 
 DEMO_READY = all((demo_model_dir(name) / "config.json").is_file() for name in ("srm", "lrm"))

@@ -45,6 +45,7 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from langchain_rankguide.answer_format import normalise_tool_choice, response_schema
 from langchain_rankguide.chat_models._common import (
     StreamFirstChatModel,
     pop_unknown_init_kwargs,
@@ -57,14 +58,12 @@ from langchain_rankguide.chat_models.call_settings import (
     INERT_CALL_KEYS,
     CallSettings,
     Positions,
-    normalise_tool_choice,
-    response_schema,
 )
 from langchain_rankguide.chat_models.generation import PROVIDER, ReplyPlan, stream_reply
 from langchain_rankguide.chat_models.messages import render_chat, to_chat_dicts
 from langchain_rankguide.chat_models.step_signals import StepSignals
-from langchain_rankguide.chat_models.structured import require_llguidance
 from langchain_rankguide.engine import MODELS, LoadedModel, ModelRegistry
+from langchain_rankguide.engine.grammar import require_llguidance
 from langchain_rankguide.schemas import SIGNALS
 
 __all__ = [
