@@ -52,7 +52,10 @@ def normalise_tool_choice(choice: Any) -> str | None:
             return name
     if isinstance(choice, str):
         return choice
-    raise ValueError(f"unsupported tool_choice {choice!r}")
+    raise ValueError(
+        f"unsupported tool_choice {choice!r}: use 'auto', 'none', 'any' (or 'required'), a tool "
+        "name, or {'type': 'function', 'function': {'name': ...}}"
+    )
 
 
 def response_schema(response_format: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -216,7 +216,7 @@ class ReplyChunks:
             stop = token.stop
             if stop is None or stop.reason != "eos":
                 self.steps.add(token)
-            yield from self.parsed.feed(_reply_piece(token, shown))
+            yield from self.parsed.feed(token.reply_text(shown))
             text += token.text
             shown += len(token.released)
             if stop is not None:
@@ -257,11 +257,3 @@ class ReplyChunks:
                 chunk_position="last",
             )
         )
-
-
-def _reply_piece(token: StepToken, shown: int) -> str:
-    """The released text that belongs in the reply: a matched stop string does not."""
-    stop = token.stop
-    if stop is None or stop.reason != "stop" or stop.marker is None or stop.end is None:
-        return token.released
-    return token.released[: max(0, stop.end - len(stop.marker) - shown)]

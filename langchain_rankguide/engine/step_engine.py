@@ -196,6 +196,16 @@ class StepToken:
     hidden: dict[int, torch.Tensor]
     stop: Stop | None
 
+    def reply_text(self, shown: int) -> str:
+        """The released text that belongs in a reply: a matched stop string does not.
+
+        ``shown``: characters released before this token.
+        """
+        stop = self.stop
+        if stop is None or stop.reason != "stop" or stop.marker is None or stop.end is None:
+            return self.released
+        return self.released[: max(0, stop.end - len(stop.marker) - shown)]
+
 
 @dataclass
 class _StepRun:
