@@ -722,16 +722,29 @@ class RunSession:
             signals, notes = compute_signals(
                 self.signal_names, inputs, self.pipeline.signal_settings
             )
+        is_answer = answer_phase or self.is_answer_text(draft.text)
+        return self._pending(draft, started, signals, notes, is_answer, answer_phase)
+
+    def _pending(
+        self,
+        draft: StepDraft,
+        started: float,
+        signals: dict[str, float | None],
+        notes: dict[str, str],
+        is_answer: bool,
+        answer_phase: bool,
+    ) -> PendingStep:
+        """The SRM's live draft as a step awaiting the guard."""
         return PendingStep(
-            index=index,
+            index=draft.step_index,
             text=draft.text,
-            srm_ids=draft.committed_ids(engine.tokenizer),
+            srm_ids=draft.committed_ids(self.srm_engine.tokenizer),
             tokens=draft.n_tokens,
             finish_reason=draft.finish_reason,
             signals=signals,
             signal_notes=notes,
             latency_s=time.perf_counter() - started,
-            is_answer=answer_phase or self.is_answer_text(draft.text),
+            is_answer=is_answer,
             answer_phase=answer_phase,
         )
 
@@ -740,23 +753,11 @@ class RunSession:
         constraint = self.output_constraint
         assert constraint is not None
         started = time.perf_counter()
-        engine = self.srm_engine
         draft = draft_constrained(
-            engine, constraint, max_new_tokens=max_new_tokens, step_index=index
+            self.srm_engine, constraint, max_new_tokens=max_new_tokens, step_index=index
         )
         self._live_draft = draft
-        return PendingStep(
-            index=index,
-            text=draft.text,
-            srm_ids=draft.committed_ids(engine.tokenizer),
-            tokens=draft.n_tokens,
-            finish_reason=draft.finish_reason,
-            signals={},
-            signal_notes={},
-            latency_s=time.perf_counter() - started,
-            is_answer=True,
-            answer_phase=True,
-        )
+        return self._pending(draft, started, {}, {}, is_answer=True, answer_phase=True)
 
     def judge(self, text: str) -> int | None:
         """SpecReason's one-token LRM score of an SRM step (``None`` if the LRM is unavailable).
