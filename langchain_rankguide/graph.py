@@ -48,7 +48,7 @@ from langgraph.types import Command, Overwrite
 from typing_extensions import TypedDict
 
 from langchain_rankguide import graph_messages as chat
-from langchain_rankguide.lrm import LRMUnavailable
+from langchain_rankguide.lrm import LRMUnavailable, WrittenStep
 from langchain_rankguide.pipeline import PendingStep, RankGuidePipeline, RunOptions, RunSession
 from langchain_rankguide.routing import BudgetState, RouteDecision, apply_budget
 from langchain_rankguide.schemas import (
@@ -187,6 +187,10 @@ def verify_answer(question: str, answer: str | None, task: Task | None) -> bool 
     return None if task is None else task.judge_answer(question, answer)
 
 
+_Written = tuple[str, int, FinishReason, dict[str, list[int]]]
+"""A forced step: its text, token count, finish reason and token ids per model."""
+
+
 @dataclass
 class _Turn:
     """What one node call works with.
@@ -295,7 +299,9 @@ class _Nodes:
         if stop is not None:
             update["stop_reason"] = stop
             unanswered = stop in ("budget", "max_steps", "repeat") and not record.is_answer
-            if unanswered and self.config.steps.force_answer:
+            # A structured output is owed even when the configuration forces no answer.
+            needed = self.config.steps.force_answer or turn.session.output_constraint is not None
+            if unanswered and needed:
                 return Command(goto="force_answer", update=update)
             return Command(goto="finish", update=update)
         return Command(goto="srm_step", update=update)
@@ -402,12 +408,22 @@ class _Nodes:
         return RouteDecision(True, None, None, f"held by the LRM ({left} left)", held=True)
 
     def guard(self, state: RankGuideState, config: RunnableConfig) -> Command[Any]:
-        """Decide on the SRM draft: commit it, or hand the step to the LRM."""
+        """Decide on the SRM draft: commit it, or hand the step to the LRM.
+
+        A draft that would end a run whose output is structured (a forced tool call, a
+        response format) is not committed as it is: its author -- the SRM, or the LRM the
+        router or ``final_answer_by`` picks -- writes the final output under the grammar.
+        """
         turn = self._turn(state, config)
         pending = PendingStep.from_dict(state["pending"] or {})
         started = time.perf_counter()
+        session = turn.session
+        pending.final = session.output_constraint is not None and session.ends_run(
+            pending.text, pending.finish_reason, answer_phase=pending.answer_phase
+        )
         forced = None
-        if pending.is_answer and self.config.steps.final_answer_by != "router":
+        answering = pending.is_answer or pending.final
+        if answering and self.config.steps.final_answer_by != "router":
             forced = self.config.steps.final_answer_by
         if forced is not None:
             escalate = forced == "lrm"
@@ -416,10 +432,10 @@ class _Nodes:
                 turn.budget.escalations + int(escalate), turn.budget.hysteresis_left
             )
         else:
-            decision, budget = self._apply_budget(turn.session.decide(pending), turn.budget)
+            decision, budget = self._apply_budget(session.decide(pending), turn.budget)
         pending.latency_s += time.perf_counter() - started
         if decision.escalate:
-            turn.session.reject()
+            session.reject()
             pending.pre_decision, pending.forced = decision, forced is not None
             if decision.rollback and self._may_roll_back(state):
                 return self._roll_back(turn, pending, decision, budget)
@@ -432,6 +448,8 @@ class _Nodes:
                     "usage": turn.usage_update(),
                 },
             )
+        if pending.final:
+            return self._srm_output(turn, pending, decision, budget, forced=forced is not None)
         return self._commit_srm(turn, pending, decision, budget, forced=forced is not None)
 
     def _may_roll_back(self, state: RankGuideState) -> bool:
@@ -484,8 +502,15 @@ class _Nodes:
         )
 
     def lrm_step(self, state: RankGuideState, config: RunnableConfig) -> Command[Any]:
-        """The LRM writes the step (pre-step escalation, or a rejected SRM draft)."""
+        """The LRM writes the step (pre-step escalation, or a rejected SRM draft).
+
+        With a structured output, a step known to end the run (a final draft, the answer
+        phase) is written under the grammar; a pre-step escalation whose free step turns out
+        to end the run is taken back and written again under it. A remote LRM has no local
+        grammar: the SRM writes the final output then, and the record says why.
+        """
         turn = self._turn(state, config)
+        session = turn.session
         pending = PendingStep.from_dict(state["pending"] or {})
         decision = pending.pre_decision or RouteDecision(True)
         budget = turn.budget
@@ -494,9 +519,35 @@ class _Nodes:
             routed, budget = self._apply_budget(replace(decision, escalate=True), budget)
             if not routed.escalate:
                 return self._srm_anyway(turn, pending, routed, budget)
-        written = turn.session.lrm_write(self._max_new(turn), answer_phase=pending.answer_phase)
+        output = session.output_constraint is not None and (pending.final or pending.answer_phase)
+        if output and not session.lrm_is_local:
+            return self._srm_output(turn, pending, _remote_output(decision), budget, forced=True)
+        answer_phase = pending.answer_phase or output
+        written = session.lrm_write(self._max_new(turn), answer_phase=answer_phase, output=output)
         if isinstance(written, LRMUnavailable):
             return self._fallback(turn, pending, budget, written.reason)
+        if not output and session.output_constraint is not None:
+            if session.ends_run(written.text, written.finish_reason, answer_phase=False):
+                session.lrm_retract()  # a free final step: written again as the output
+                if not session.lrm_is_local:
+                    remote = _remote_output(decision)
+                    return self._srm_output(turn, pending, remote, budget, forced=True)
+                written = session.lrm_write(self._max_new(turn), answer_phase=True, output=True)
+                assert not isinstance(written, LRMUnavailable)  # a local LRM does not fail over
+                output = True
+        return self._commit_lrm(turn, pending, decision, budget, written, is_answer=output)
+
+    def _commit_lrm(
+        self,
+        turn: _Turn,
+        pending: PendingStep,
+        decision: RouteDecision,
+        budget: BudgetState,
+        written: WrittenStep,
+        *,
+        is_answer: bool,
+    ) -> Command[Any]:
+        """Commit a step the LRM wrote."""
         router = turn.session.router.name
         record = StepRecord(
             index=pending.index,
@@ -516,9 +567,37 @@ class _Nodes:
             latency_s=pending.latency_s + written.latency_s,
             draft_latency_s=pending.latency_s if pending.text else 0.0,
             finish_reason=written.finish_reason,
-            is_answer=pending.answer_phase or turn.session.is_answer_text(written.text),
+            is_answer=is_answer
+            or pending.answer_phase
+            or turn.session.is_answer_text(written.text),
         )
         return self._commit(turn, record, budget)
+
+    def _srm_output(
+        self,
+        turn: _Turn,
+        pending: PendingStep,
+        decision: RouteDecision,
+        budget: BudgetState,
+        *,
+        forced: bool,
+        fallback: str | None = None,
+    ) -> Command[Any]:
+        """The SRM writes the final output under the grammar, in place of its free draft."""
+        session = turn.session
+        session.reject()
+        output = session.draft_output(pending.index, self.config.steps.max_step_tokens)
+        output.signals, output.signal_notes = pending.signals, pending.signal_notes
+        output.latency_s += pending.latency_s
+        return self._commit_srm(
+            turn,
+            output,
+            decision,
+            budget,
+            forced=forced,
+            fallback=fallback,
+            draft_text=pending.text or None,
+        )
 
     def _srm_anyway(
         self,
@@ -528,10 +607,13 @@ class _Nodes:
         budget: BudgetState,
         fallback: str | None = None,
     ) -> Command[Any]:
-        draft = turn.session.draft(
-            pending.index, self._max_new(turn), answer_phase=pending.answer_phase
-        )
+        session = turn.session
+        draft = session.draft(pending.index, self._max_new(turn), answer_phase=pending.answer_phase)
         draft.latency_s += pending.latency_s
+        if session.output_constraint is not None and session.ends_run(
+            draft.text, draft.finish_reason, answer_phase=draft.answer_phase
+        ):
+            return self._srm_output(turn, draft, decision, budget, forced=True, fallback=fallback)
         return self._commit_srm(turn, draft, decision, budget, forced=True, fallback=fallback)
 
     def _fallback(
@@ -544,6 +626,8 @@ class _Nodes:
         detail = why.removeprefix("lrm_unavailable: ")
         mark = f"lrm_unavailable: {detail}"
         decision = RouteDecision(False, None, None, f"LRM unavailable: {detail}")
+        if turn.session.output_constraint is not None and (pending.final or pending.answer_phase):
+            return self._srm_output(turn, pending, decision, budget, forced=True, fallback=mark)
         if not pending.text:
             return self._srm_anyway(turn, pending, decision, budget, fallback=mark)
         turn.session.reject()  # the draft was discarded already; it is restored from its ids
@@ -558,8 +642,12 @@ class _Nodes:
         *,
         forced: bool = False,
         fallback: str | None = None,
+        draft_text: str | None = None,
     ) -> Command[Any]:
-        """Commit an SRM draft as the step (accepted, forced by a rule, or kept as a fallback)."""
+        """Commit an SRM draft as the step (accepted, forced by a rule, or kept as a fallback).
+
+        ``draft_text``: a free draft this one replaced (the final output written again).
+        """
         started = time.perf_counter()
         ids = turn.session.accept(pending)
         record = StepRecord(
@@ -579,6 +667,7 @@ class _Nodes:
             finish_reason=pending.finish_reason,  # type: ignore[arg-type]
             is_answer=pending.is_answer,
             fallback=fallback,
+            draft_text=draft_text,
         )
         return self._commit(turn, record, budget)
 
@@ -586,29 +675,18 @@ class _Nodes:
         """The run stopped without an answer: write the answer marker and let the model finish.
 
         The answer's author is the LRM under the ``lrm`` policy or ``final_answer_by: lrm``,
-        else the SRM; the step is recorded as forced, with the reason.
+        else the SRM; the step is recorded as forced, with the reason. A structured output is
+        written under its grammar instead, without the marker.
         """
         turn = self._turn(state, config)
         session = turn.session
         started = time.perf_counter()
-        markers = self.config.steps.answer_markers
-        marker = f"{markers[0]} " if markers else ""
         index = len(state.get("steps", []))
         by_lrm = session.router.name == "lrm" or self.config.steps.final_answer_by == "lrm"
-        cap = min(self.config.steps.max_step_tokens, self.config.steps.answer_max_tokens)
-        token_ids: dict[str, list[int]] = {}
-        if by_lrm:
-            session.lrm.observe(marker)
-            written = session.lrm_write(cap, answer_phase=True)
-            if isinstance(written, LRMUnavailable):
-                raise written.error  # the answer is the LRM's by rule: no SRM stand-in here
-            text, tokens, finish = marker + written.text, written.tokens, written.finish_reason
+        if session.output_constraint is not None:
+            text, tokens, finish, token_ids = self._forced_output(session, index, by_lrm)
         else:
-            prefix_ids = session.srm_engine.append_text(marker) if marker else []
-            draft = session.draft(index, cap, answer_phase=True)
-            token_ids["srm"] = [*prefix_ids, *session.accept(draft)]
-            text, tokens = marker + draft.text, draft.tokens
-            finish = cast(FinishReason, draft.finish_reason)
+            text, tokens, finish, token_ids = self._forced_answer(session, index, by_lrm)
         reason = f"run stopped ({state.get('stop_reason')}) without an answer: answer forced"
         record = StepRecord(
             index=index,
@@ -634,6 +712,37 @@ class _Nodes:
                 "generated_tokens": state.get("generated_tokens", 0) + tokens,
             },
         )
+
+    def _forced_answer(self, session: RunSession, index: int, by_lrm: bool) -> _Written:
+        """The answer marker, then its author's free answer."""
+        markers = self.config.steps.answer_markers
+        marker = f"{markers[0]} " if markers else ""
+        cap = min(self.config.steps.max_step_tokens, self.config.steps.answer_max_tokens)
+        if by_lrm:
+            session.lrm.observe(marker)
+            written = session.lrm_write(cap, answer_phase=True)
+            if isinstance(written, LRMUnavailable):
+                raise written.error  # the answer is the LRM's by rule: no SRM stand-in here
+            return marker + written.text, written.tokens, written.finish_reason, {}
+        prefix_ids = session.srm_engine.append_text(marker) if marker else []
+        draft = session.draft(index, cap, answer_phase=True)
+        token_ids = {"srm": [*prefix_ids, *session.accept(draft)]}
+        return marker + draft.text, draft.tokens, cast(FinishReason, draft.finish_reason), token_ids
+
+    def _forced_output(self, session: RunSession, index: int, by_lrm: bool) -> _Written:
+        """The structured output, written by its author under the grammar.
+
+        A remote LRM cannot be the author here: ``check_options`` refuses the rules that
+        would make it one.
+        """
+        cap = self.config.steps.max_step_tokens
+        if by_lrm:
+            written = session.lrm_write(cap, answer_phase=True, output=True)
+            assert not isinstance(written, LRMUnavailable)  # a local LRM does not fail over
+            return written.text, written.tokens, written.finish_reason, {}
+        draft = session.draft_output(index, cap)
+        token_ids = {"srm": session.accept(draft)}
+        return draft.text, draft.tokens, cast(FinishReason, draft.finish_reason), token_ids
 
     def finish(self, state: RankGuideState, config: RunnableConfig) -> dict[str, Any]:
         """Extract the answer, check it, reply to a conversation, free the run's engines."""
@@ -674,6 +783,12 @@ class _Nodes:
         prompt_tokens = len(self.pipeline.srm_prompt_ids(_prompt_of(state)))
         usage = chat.reply_usage(prompt_tokens, steps)
         return chat.build_reply(_reply_id(state), result["answer"], steps, metadata, usage)
+
+
+def _remote_output(decision: RouteDecision) -> RouteDecision:
+    """The decision of a final output the SRM writes because the LRM is remote."""
+    reason = "the LRM is remote, without a local grammar: the SRM writes the structured output"
+    return RouteDecision(False, decision.score, decision.failure_mode, reason)
 
 
 def _prompt_of(state: RankGuideState) -> list[dict[str, Any]]:

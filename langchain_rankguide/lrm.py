@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from langchain_rankguide.engine import LoadedModel, StepEngine, StepSettings
+from langchain_rankguide.engine.grammar import Constraint, draft_constrained
 from langchain_rankguide.engine.sampling import SamplingSettings
+from langchain_rankguide.engine.templates import TemplateInfo, describe_tools
 from langchain_rankguide.engine.text import encode_continuation
 from langchain_rankguide.errors import RankGuideError
 from langchain_rankguide.schemas import FinishReason, StepRecord, Usage
@@ -94,12 +96,23 @@ class LRMBackend(Protocol):
         """Add a step the SRM wrote to the LRM's context (it may defer the work)."""
         ...
 
-    def write_step(self, *, max_new_tokens: int, answer_phase: bool = False) -> WrittenStep:
+    def write_step(
+        self,
+        *,
+        max_new_tokens: int,
+        answer_phase: bool = False,
+        constraint: Constraint | None = None,
+    ) -> WrittenStep:
         """Write the next step after the committed trace and commit it to the LRM's context.
 
         A backend that may fall back to the SRM raises an error with a ``fallback`` text
-        (see :func:`fallback_reason`) and leaves its context unchanged.
+        (see :func:`fallback_reason`) and leaves its context unchanged. ``constraint``: write
+        the final output under this grammar (a backend without local decoding raises).
         """
+        ...
+
+    def retract(self) -> None:
+        """Take back the step :meth:`write_step` just committed (it is to be written again)."""
         ...
 
     def judge(self, step_text: str) -> int | None:
@@ -114,13 +127,26 @@ class LRMBackend(Protocol):
         ...
 
 
-def render_prompt(tokenizer: Any, messages: list[dict[str, Any]], **template_kwargs: Any) -> str:
+def render_prompt(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    *,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    **template_kwargs: Any,
+) -> str:
     """Render chat messages with the tokenizer's chat template, ready for the assistant turn.
 
     A trailing assistant message is continued rather than closed, so a partial answer can
-    be resumed.
+    be resumed. ``tools`` (OpenAI format) go to a template that reads ``tools``; one that does
+    not gets them described in the system message.
     """
     continuing = bool(messages) and messages[-1].get("role") == "assistant"
+    if tools:
+        info = TemplateInfo.of(tokenizer, template_kwargs.get("chat_template"), with_tools=True)
+        if info.tools:
+            template_kwargs = {**template_kwargs, "tools": [dict(t) for t in tools]}
+        else:
+            messages = describe_tools(messages, tools)
     return str(
         tokenizer.apply_chat_template(
             messages,
@@ -146,14 +172,17 @@ class LocalLRM:
         settings: StepSettings,
         sampling: SamplingSettings | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         self.loaded = loaded
         self.identity = loaded.identity
         self.engine = StepEngine(loaded, role="lrm", settings=settings, sampling=sampling)
         self.template_kwargs = dict(chat_template_kwargs or {})
+        self.tools = [dict(t) for t in tools] if tools else None
         self._pending: list[list[int]] = []
         self._started = False
         self._prompt_ids: list[int] = []
+        self._last_start: int | None = None
 
     @property
     def usage(self) -> Usage:
@@ -168,7 +197,9 @@ class LocalLRM:
         Steps of a resumed run are restored from the ids the LRM's cache held (its own steps
         as it generated them), so the resumed run continues exactly as the original.
         """
-        prompt = render_prompt(self.loaded.tokenizer, prompt_messages, **self.template_kwargs)
+        prompt = render_prompt(
+            self.loaded.tokenizer, prompt_messages, tools=self.tools, **self.template_kwargs
+        )
         self._prompt_ids = list(self.loaded.tokenizer.encode(prompt, add_special_tokens=False))
         self._pending = [
             list(rec.token_ids.get("lrm") or self._encode(rec.text)) for rec in committed
@@ -193,13 +224,23 @@ class LocalLRM:
             self.engine.append_steps(self._pending)
             self._pending.clear()
 
-    def write_step(self, *, max_new_tokens: int, answer_phase: bool = False) -> WrittenStep:
-        """Draft and commit one step on the LRM."""
+    def write_step(
+        self,
+        *,
+        max_new_tokens: int,
+        answer_phase: bool = False,
+        constraint: Constraint | None = None,
+    ) -> WrittenStep:
+        """Draft and commit one step on the LRM (the final output, under ``constraint``)."""
         started = time.perf_counter()
         self._catch_up()
-        draft = self.engine.draft_step(
-            max_new_tokens=max_new_tokens, stop_at_delimiter=not answer_phase
-        )
+        self._last_start = len(self.engine.ids)
+        if constraint is not None:
+            draft = draft_constrained(self.engine, constraint, max_new_tokens=max_new_tokens)
+        else:
+            draft = self.engine.draft_step(
+                max_new_tokens=max_new_tokens, stop_at_delimiter=not answer_phase
+            )
         ids = self.engine.commit(draft)
         return WrittenStep(
             text=draft.text,
@@ -208,6 +249,13 @@ class LocalLRM:
             finish_reason=draft.finish_reason,
             latency_s=time.perf_counter() - started,
         )
+
+    def retract(self) -> None:
+        """Take back the step just written: the cache ends where it began again."""
+        if self._last_start is None:
+            raise RankGuideError("the LRM has written no step to take back")
+        self.engine.uncommit(self._last_start)
+        self._last_start = None
 
     def judge(self, step_text: str) -> int | None:
         """Read the LRM's most likely digit after the step and a scoring question."""

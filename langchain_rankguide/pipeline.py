@@ -29,6 +29,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from langchain_rankguide.answer_format import AnswerFormat
 from langchain_rankguide.engine import (
     MODELS,
     CaptureSettings,
@@ -39,6 +40,7 @@ from langchain_rankguide.engine import (
     StepEngine,
     StepSettings,
 )
+from langchain_rankguide.engine.grammar import Constraint, draft_constrained
 from langchain_rankguide.engine.text import encode_continuation
 from langchain_rankguide.errors import InputError, RankGuideError
 from langchain_rankguide.lrm import (
@@ -115,12 +117,22 @@ class RunOptions:
     steering_scale: float | None = None
     thinking_budget: int | None = None
     variant: str | None = None
+    output: AnswerFormat | None = None
+    """What the final output must be (tools offered, ``tool_choice``, ``response_format``);
+    ``None``: the answer as the models write it. A mapping of its fields is accepted."""
 
     def __post_init__(self) -> None:
         for name in ("threshold", "steering_scale"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise InputError(f"{name} must be a finite number, not {value}")
+        if self.output is not None and not isinstance(self.output, AnswerFormat):
+            object.__setattr__(self, "output", AnswerFormat.from_mapping(self.output))
+
+    @property
+    def offered_tools(self) -> list[dict[str, Any]] | None:
+        """The tools the models' chat templates show (``output``'s)."""
+        return self.output.offered_tools if self.output is not None else None
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> RunOptions:
@@ -306,15 +318,23 @@ class RankGuidePipeline:
         return self.registry.tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
 
     def srm_prompt_ids(
-        self, messages: Sequence[Mapping[str, Any]], tokenizer: Any = None
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tokenizer: Any = None,
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[int]:
         """The SRM's prompt for chat messages, as token ids (what a run's SRM engine reads).
 
-        The SRM's chat template, then the assistant prefix; no special tokens added.
+        The SRM's chat template (showing ``tools``, if any), then the assistant prefix; no
+        special tokens added.
         """
         tokenizer = tokenizer if tokenizer is not None else self.srm_tokenizer
         prompt = render_prompt(
-            tokenizer, [dict(m) for m in messages], **self.config.prompt.chat_template_kwargs
+            tokenizer,
+            [dict(m) for m in messages],
+            tools=tools,
+            **self.config.prompt.chat_template_kwargs,
         )
         prompt += self.config.prompt.assistant_prefix
         return list(tokenizer.encode(prompt, add_special_tokens=False))
@@ -337,6 +357,7 @@ class RankGuidePipeline:
                 settings=self.step_settings,
                 sampling=self.sampling(options),
                 chat_template_kwargs=self.config.prompt.chat_template_kwargs,
+                tools=options.offered_tools,
             )
         from langchain_rankguide.remote import RemoteLRM
 
@@ -347,6 +368,7 @@ class RankGuidePipeline:
             end_markers=self.step_settings.end_markers,
             sampling=self.sampling(options),
             chat_template_kwargs=self.config.prompt.chat_template_kwargs,
+            tools=options.offered_tools,
         )
 
     def check_options(self, options: RunOptions) -> None:
@@ -359,6 +381,29 @@ class RankGuidePipeline:
             raise InputError(
                 "steering was requested but no steering vector is configured "
                 "(set steering.vector in the config or the steering_vector run option)"
+            )
+        if options.output is not None:
+            self._check_output(options)
+
+    def _check_output(self, options: RunOptions) -> None:
+        """Refuse an answer format that cannot be honoured, naming the option at fault."""
+        assert options.output is not None
+        try:
+            options.output.check()
+            options.output.constraint()  # compiles the schemas: a bad one is the caller's fault
+        except ValueError as exc:  # StructuredOutputError included
+            raise InputError(str(exc)) from None
+        if not options.output.constrained or self.config.lrm.provider == "hf_local":
+            return
+        policy = options.policy or self.config.routing.policy
+        if policy == "lrm" or self.config.steps.final_answer_by == "lrm":
+            option = "policy 'lrm'" if policy == "lrm" else "steps.final_answer_by: lrm"
+            raise InputError(
+                f"{option} makes the remote LRM write the final output, but a structured "
+                "output (a forced tool_choice or a response_format) is decoded under a local "
+                "grammar, which a remote LRM does not have; use final_answer_by 'router' or "
+                "'srm' and another policy (the SRM then writes the final output under the "
+                "grammar), or a local LRM (provider hf_local)"
             )
 
     def warm_up(self, options: RunOptions) -> None:
@@ -439,6 +484,8 @@ class PendingStep:
     are the ids the SRM cache holds if the draft is accepted, so a run resumed between draft
     and guard restores it exactly. ``pre_decision`` is the decision that sent the step to the
     LRM (``forced``: a rule, not the router, made it); ``None`` while the guard has not decided.
+    ``final``: the draft would end a run whose output is structured, so its author writes the
+    final output under the grammar instead.
     """
 
     index: int
@@ -453,6 +500,7 @@ class PendingStep:
     answer_phase: bool = False
     pre_decision: RouteDecision | None = None
     forced: bool = False
+    final: bool = False
 
     @property
     def drafted(self) -> bool:
@@ -527,7 +575,9 @@ class RunSession:
         """The SRM engine, created on first use and caught up with the committed trace."""
         if self._srm is None:
             loaded = self.pipeline.srm
-            self._srm_prompt_ids = self.pipeline.srm_prompt_ids(self.messages, loaded.tokenizer)
+            self._srm_prompt_ids = self.pipeline.srm_prompt_ids(
+                self.messages, loaded.tokenizer, tools=self.options.offered_tools
+            )
             self._srm = StepEngine(
                 loaded,
                 role="srm",
@@ -624,6 +674,21 @@ class RunSession:
         stripped = text.lstrip()
         return any(stripped.startswith(m) for m in self.pipeline.config.steps.answer_markers)
 
+    @cached_property
+    def output_constraint(self) -> Constraint | None:
+        """The grammar the final output is written under (``None``: no structured output)."""
+        output = self.options.output
+        return output.constraint() if output is not None else None
+
+    def ends_run(self, text: str, finish_reason: str, *, answer_phase: bool) -> bool:
+        """``True`` for a step that would end the run with its output: the answer, or EOS."""
+        return answer_phase or finish_reason == "eos" or self.is_answer_text(text)
+
+    @property
+    def lrm_is_local(self) -> bool:
+        """The LRM runs in this process (so it can decode under a grammar)."""
+        return self.pipeline.config.lrm.provider == "hf_local"
+
     def probe(self, index: int) -> RouteDecision | None:
         """Let a pre-step policy decide before the SRM drafts; ``None`` means draft first."""
         names = self.router.probe_signals
@@ -663,18 +728,42 @@ class RunSession:
             signals, notes = compute_signals(
                 self.signal_names, inputs, self.pipeline.signal_settings
             )
+        is_answer = answer_phase or self.is_answer_text(draft.text)
+        return self._pending(draft, started, signals, notes, is_answer, answer_phase)
+
+    def _pending(
+        self,
+        draft: StepDraft,
+        started: float,
+        signals: dict[str, float | None],
+        notes: dict[str, str],
+        is_answer: bool,
+        answer_phase: bool,
+    ) -> PendingStep:
+        """The SRM's live draft as a step awaiting the guard."""
         return PendingStep(
-            index=index,
+            index=draft.step_index,
             text=draft.text,
-            srm_ids=draft.committed_ids(engine.tokenizer),
+            srm_ids=draft.committed_ids(self.srm_engine.tokenizer),
             tokens=draft.n_tokens,
             finish_reason=draft.finish_reason,
             signals=signals,
             signal_notes=notes,
             latency_s=time.perf_counter() - started,
-            is_answer=answer_phase or self.is_answer_text(draft.text),
+            is_answer=is_answer,
             answer_phase=answer_phase,
         )
+
+    def draft_output(self, index: int, max_new_tokens: int) -> PendingStep:
+        """Draft the final output on the SRM under :attr:`output_constraint` (no signals)."""
+        constraint = self.output_constraint
+        assert constraint is not None
+        started = time.perf_counter()
+        draft = draft_constrained(
+            self.srm_engine, constraint, max_new_tokens=max_new_tokens, step_index=index
+        )
+        self._live_draft = draft
+        return self._pending(draft, started, {}, {}, is_answer=True, answer_phase=True)
 
     def judge(self, text: str) -> int | None:
         """SpecReason's one-token LRM score of an SRM step (``None`` if the LRM is unavailable).
@@ -749,20 +838,34 @@ class RunSession:
             self._srm.discard(self._live_draft)
         self._live_draft = None
 
-    def lrm_write(self, max_new_tokens: int, *, answer_phase: bool) -> WrittenStep | LRMUnavailable:
+    def lrm_write(
+        self, max_new_tokens: int, *, answer_phase: bool, output: bool = False
+    ) -> WrittenStep | LRMUnavailable:
         """Have the LRM write the next step; the SRM hears of it lazily.
+
+        Args:
+            max_new_tokens: the step's cap.
+            answer_phase: the step is the answer (no delimiter ends it).
+            output: write the final output under :attr:`output_constraint` (a local LRM only).
 
         Returns:
             The written step, or :class:`~langchain_rankguide.lrm.LRMUnavailable` when the
             LRM failed and its failure policy lets the SRM write the step instead.
         """
+        constraint = self.output_constraint if output else None
         try:
-            return self.lrm.write_step(max_new_tokens=max_new_tokens, answer_phase=answer_phase)
+            return self.lrm.write_step(
+                max_new_tokens=max_new_tokens, answer_phase=answer_phase, constraint=constraint
+            )
         except RankGuideError as exc:
             reason = fallback_reason(exc)
             if reason is None:
                 raise
             return LRMUnavailable(reason, exc)
+
+    def lrm_retract(self) -> None:
+        """Take back the step the LRM just wrote (it is written again as the final output)."""
+        self.lrm.retract()
 
     def record_committed(self, record: StepRecord) -> None:
         """Note a committed step; an LRM step is queued for the SRM with the ids it will hold."""

@@ -27,10 +27,10 @@ from langchain_rankguide.chat_models.messages import (
     render_chat,
     to_chat_dicts,
 )
-from langchain_rankguide.chat_models.structured import llguidance_available
 from langchain_rankguide.engine import MODELS, ModelRegistry
+from langchain_rankguide.engine.grammar import llguidance_available
 from langchain_rankguide.engine.loading import demo_model_dir
-from langchain_rankguide.errors import ModelLoadError
+from langchain_rankguide.errors import InputError, ModelLoadError
 
 needs_llguidance = pytest.mark.skipif(
     not llguidance_available(), reason="llguidance (the [structured] extra) is not installed"
@@ -485,6 +485,146 @@ def test_rankguide_async(tiny_pair):
 
     streamed, invoked = asyncio.run(main())
     assert streamed == invoked == model.invoke("go").content != ""
+
+
+# --------------------------------------------------------------------------- ChatRankGuide: tools
+
+
+def tiny_steps(**steps) -> dict:
+    return {"steps": {"max_steps": 8, "max_step_tokens": 24, "answer_markers": ["done"], **steps}}
+
+
+def last_step(reply: AIMessage) -> dict:
+    return reply.response_metadata["steps"][-1]
+
+
+@needs_llguidance
+@pytest.mark.parametrize("author", ["srm", "lrm"])
+def test_rankguide_structured_output_is_written_by_the_answers_author(tiny_pair, author):
+    """The reasoning is routed as always; the final draft is replaced by its author's output."""
+    # "Wait" makes the SRM's draft of the second step the answer (after the LRM's first step).
+    steps = tiny_steps(final_answer_by=author, answer_markers=["Wait"])
+    model = tiny_rankguide(tiny_pair, model_kwargs=steps)
+    free = model.invoke("go")
+    raw = model.with_structured_output(Person, include_raw=True).invoke("go")
+    assert isinstance(raw["parsed"], Person) and raw["parsing_error"] is None
+    reply, answer = raw["raw"], last_step(raw["raw"])
+    assert answer["author"] == author and answer["is_answer"]
+    assert answer["reason"] == f"final answer by {author}"
+    # The same reasoning as the free run, then the output in place of the free answer.
+    free_steps = free.response_metadata["steps"]
+    assert [s["text"] for s in reply.response_metadata["steps"][:-1]] == [
+        s["text"] for s in free_steps[:-1]
+    ]
+    assert answer["draft_text"] == free_steps[-1]["text"]
+    assert json.loads(reply.content) == raw["parsed"].model_dump()
+    assert (
+        reply.additional_kwargs["reasoning_content"] == free.additional_kwargs["reasoning_content"]
+    )
+
+
+@needs_llguidance
+@pytest.mark.parametrize("author", ["srm", "lrm"])
+def test_rankguide_forced_tool_call_invoke_and_stream(tiny_pair, author):
+    model = tiny_rankguide(tiny_pair, model_kwargs=tiny_steps(final_answer_by=author))
+    bound = model.bind_tools([add], tool_choice="add")
+    reply = bound.invoke("go")
+    (call,) = reply.tool_calls
+    assert call["name"] == "add" and set(call["args"]) == {"a", "b"}
+    assert all(isinstance(v, int) for v in call["args"].values())
+    assert reply.content == "" and reply.response_metadata["finish_reason"] == "tool_calls"
+    assert last_step(reply)["author"] == author
+    assert last_step(reply)["text"].startswith("<tool_call>")
+    chunks = list(bound.stream("go"))
+    full = sum(chunks[1:], chunks[0])
+    assert [c["args"] for c in full.tool_calls] == [call["args"]]
+    assert (
+        full.additional_kwargs["reasoning_content"] == reply.additional_kwargs["reasoning_content"]
+    )
+
+
+@needs_llguidance
+def test_rankguide_a_free_lrm_answer_is_taken_back_and_written_under_the_grammar(tiny_pair):
+    # The lrm policy escalates before any draft; "we" makes the LRM's first free step an answer.
+    model = tiny_rankguide(
+        tiny_pair,
+        model_kwargs={"routing": {"policy": "lrm", "calibration": None}, **tiny_steps()},
+    )
+    model.model_kwargs["steps"]["answer_markers"] = ["we"]
+    raw = model.with_structured_output(Person, include_raw=True).invoke("go")
+    assert isinstance(raw["parsed"], Person)
+    (step,) = raw["raw"].response_metadata["steps"]
+    assert step["author"] == "lrm" and step["is_answer"] and step["text"].startswith("{")
+    usage = raw["raw"].response_metadata["usage_by_model"]
+    # The free step the LRM wrote first is work done: it counts.
+    assert usage["lrm"]["decode_tokens"] > step["tokens"] and usage["srm"]["decode_tokens"] == 0
+
+
+@needs_llguidance
+def test_rankguide_a_run_that_stops_early_still_owes_its_output(tiny_pair):
+    model = tiny_rankguide(tiny_pair, model_kwargs=tiny_steps(max_steps=2))
+    raw = model.with_structured_output(Person, include_raw=True).invoke("go")
+    assert isinstance(raw["parsed"], Person)
+    step = last_step(raw["raw"])
+    assert step["decision"] == "forced" and step["is_answer"] and "max_steps" in step["reason"]
+
+
+@needs_llguidance
+def test_rankguide_tool_choice_auto_none_and_tool_results(tiny_pair):
+    model = tiny_rankguide(tiny_pair, model_kwargs=tiny_steps(max_steps=2))
+    plain = model.invoke("go").usage_metadata["input_tokens"]
+    offered = model.bind_tools([add]).invoke("go").usage_metadata["input_tokens"]
+    hidden = model.bind_tools([add], tool_choice="none").invoke("go")
+    assert offered > plain == hidden.usage_metadata["input_tokens"]
+    assert model.get_num_tokens_from_messages([HumanMessage("go")], tools=[add]) == offered
+    # A tool result comes back as a ToolMessage in the next turn, and is answered.
+    turn = [
+        HumanMessage("go"),
+        AIMessage("", tool_calls=[{"name": "add", "args": {"a": 1, "b": 2}, "id": "c1"}]),
+        ToolMessage("3", tool_call_id="c1"),
+    ]
+    answered = model.bind_tools([add], tool_choice="none").invoke(turn)
+    assert answered.usage_metadata["input_tokens"] > plain
+    assert answered.usage_metadata["input_tokens"] == model.get_num_tokens_from_messages(turn)
+
+
+@needs_llguidance
+def test_rankguide_options_that_cannot_be_honoured_are_refused_by_name(tiny_pair):
+    model = tiny_rankguide(tiny_pair)
+    with pytest.raises(ValueError, match=r"tool_choice names 'mul'.*among the tools \(add\)"):
+        model.bind_tools([add], tool_choice="mul")
+    with pytest.raises(ValueError, match=r"unsupported tool_choice.*'auto', 'none', 'any'"):
+        model.bind_tools([add], tool_choice={"type": "nonsense"})
+    with pytest.raises(ValueError, match="tool_choice='any' needs tools"):
+        model.invoke("go", tool_choice="any")
+    with pytest.raises(ValueError, match=r"unsupported response_format.*json_object"):
+        model.invoke("go", response_format={"type": "xml"})
+    with pytest.raises(ValueError, match=r"unknown method 'xml'.*json_schema"):
+        model.with_structured_output(Person, method="xml")  # type: ignore[arg-type]
+
+
+@needs_llguidance
+def test_rankguide_with_a_remote_lrm_the_srm_writes_the_structured_output(tiny_pair, tmp_path):
+    from remote_servers import refused_url
+    from server_fixtures import tiny_config_data
+
+    remote = {"provider": "openai_compatible", "base_url": refused_url(), "model": "lrm"}
+    data = tiny_config_data(
+        tiny_pair[0],
+        {**remote, "api_key_env": None, "tokenizer": str(tiny_pair[1])},
+        # Every draft escalates; "we" makes the SRM's first draft the answer.
+        routing={"policy": "rank", "threshold": -1e9},
+        steps={"answer_markers": ["we"]},
+    )
+    model = ChatRankGuide(config=data)
+    raw = model.with_structured_output(Person, include_raw=True).invoke("go")
+    (step,) = raw["raw"].response_metadata["steps"]
+    assert isinstance(raw["parsed"], Person) and step["author"] == "srm"
+    assert "the LRM is remote" in step["reason"] and step["draft_text"].startswith("we")
+    # A rule that makes the remote LRM the author cannot be honoured: refused, by name.
+    by_lrm = ChatRankGuide(config=data, model_kwargs={"steps": {"final_answer_by": "lrm"}})
+    with pytest.raises(InputError, match=r"steps.final_answer_by: lrm.*'router' or 'srm'"):
+        by_lrm.bind_tools([add], tool_choice="add").invoke("go")
 
 
 # --------------------------------------------------------------------------- steering

@@ -5,7 +5,9 @@ embedded demo models with capped settings so they stay fast, and are skipped whi
 models are absent. The integration suite of ``ChatSteeredHuggingFace`` runs on the demo LRM,
 which was trained on synthetic tool dialogues (docs/demo.md): it writes well-formed calls but
 does not yet copy tool names and arguments out of the question, so the tests that need that
-are strict ``xfail``s with the measured reason.
+are strict ``xfail``s with the measured reason. ``ChatRankGuide`` declares tools and structured
+output too (its final output is written under the same grammar); the tool tests the demo pair
+fails are strict ``xfail``s with their measured reason as well.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 from syrupy.assertion import SnapshotAssertion
 
 from langchain_rankguide.chat_models import ChatRankGuide, ChatSteeredHuggingFace
-from langchain_rankguide.chat_models.structured import llguidance_available
+from langchain_rankguide.engine.grammar import llguidance_available
 from langchain_rankguide.engine.loading import demo_model_dir
 
 DEMO_READY = all((demo_model_dir(name) / "config.json").is_file() for name in ("srm", "lrm"))
@@ -69,6 +71,22 @@ NO_COPY = (
 )
 
 
+# ChatRankGuide: the reasoning is routed; the final output is written under the grammar by the
+# answer's author (with the entropy router on these questions, the demo SRM).
+RANKGUIDE_NO_COPY = (
+    "the forced call is well-formed and names magic_function (grammar), but its author does "
+    "not copy the argument out of the English question: the demo models write input 19, not 3 "
+    "(docs/demo.md)"
+)
+RANKGUIDE_NO_FREE_CALL = (
+    "with tool_choice=None nothing is constrained, and the demo models' free output for the "
+    "weather question holds no call to get_weather"
+)
+RANKGUIDE_NO_UNICODE_COPY = (
+    "the forced call is well-formed, but the demo models do not copy 你好 out of the question "
+    "(the byte-level tokenizer writes CJK as bytes; the argument comes back as other characters)"
+)
+
 # The suites pass hosted-API parameters (api_key, max_retries); a local model takes them with a
 # warning naming them, which is expected here.
 hosted_params_warning = pytest.mark.filterwarnings("ignore:.*ignores 'api_key'")
@@ -111,6 +129,7 @@ class TestChatSteeredHuggingFaceUnit(_SerdesOutsideCoreMapping, ChatModelUnitTes
         return True
 
 
+@needs_llguidance
 @hosted_params_warning
 class TestChatRankGuideUnit(_SerdesOutsideCoreMapping, ChatModelUnitTests):
     @property
@@ -121,12 +140,53 @@ class TestChatRankGuideUnit(_SerdesOutsideCoreMapping, ChatModelUnitTests):
     def chat_model_params(self) -> dict[str, Any]:
         return {"model_kwargs": RANKGUIDE_PARAMS["model_kwargs"]}
 
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
 
 # --------------------------------------------------------------------------- integration suites
 
 
+def demo_tool_xfails(*, no_copy: str, no_free_call: str, no_unicode_copy: str) -> type:
+    """The tool tests the demo models fail, as strict ``xfail``s with their measured reasons."""
+
+    class DemoToolXfails:
+        @pytest.mark.xfail(reason=no_copy)
+        @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+        def test_tool_calling(self, model: BaseChatModel) -> None:
+            super().test_tool_calling(model)  # type: ignore[misc]
+
+        @pytest.mark.xfail(reason=no_copy)
+        async def test_tool_calling_async(self, model: BaseChatModel) -> None:
+            await super().test_tool_calling_async(model)  # type: ignore[misc]
+
+        @pytest.mark.xfail(reason=no_free_call)
+        @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+        def test_agent_loop(self, model: BaseChatModel) -> None:
+            super().test_agent_loop(model)  # type: ignore[misc]
+
+        @pytest.mark.xfail(reason=no_unicode_copy)
+        def test_unicode_tool_call_integration(
+            self,
+            model: BaseChatModel,
+            *,
+            tool_choice: str | None = None,
+            force_tool_call: bool = True,
+        ) -> None:
+            super().test_unicode_tool_call_integration(  # type: ignore[misc]
+                model, tool_choice=tool_choice, force_tool_call=force_tool_call
+            )
+
+    return DemoToolXfails
+
+
 @needs_llguidance
-class TestChatSteeredHuggingFaceIntegration(_NeedsDemoModels, ChatModelIntegrationTests):
+class TestChatSteeredHuggingFaceIntegration(
+    _NeedsDemoModels,
+    demo_tool_xfails(no_copy=NO_COPY, no_free_call=NO_COPY, no_unicode_copy=NO_COPY),
+    ChatModelIntegrationTests,
+):
     pytestmark = asyncio_suite
 
     @property
@@ -145,39 +205,37 @@ class TestChatSteeredHuggingFaceIntegration(_NeedsDemoModels, ChatModelIntegrati
     def model_override_value(self) -> str | None:
         return "demo:srm"
 
-    @pytest.mark.xfail(reason=NO_COPY)
-    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
-    def test_tool_calling(self, model: BaseChatModel) -> None:
-        super().test_tool_calling(model)
 
-    @pytest.mark.xfail(reason=NO_COPY)
-    async def test_tool_calling_async(self, model: BaseChatModel) -> None:
-        await super().test_tool_calling_async(model)
-
-    @pytest.mark.xfail(reason=NO_COPY)
-    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
-    def test_agent_loop(self, model: BaseChatModel) -> None:
-        super().test_agent_loop(model)
-
-    @pytest.mark.xfail(reason=NO_COPY)
-    def test_unicode_tool_call_integration(
-        self,
-        model: BaseChatModel,
-        *,
-        tool_choice: str | None = None,
-        force_tool_call: bool = True,
-    ) -> None:
-        super().test_unicode_tool_call_integration(
-            model, tool_choice=tool_choice, force_tool_call=force_tool_call
-        )
-
-
-class TestChatRankGuideIntegration(_NeedsDemoModels, ChatModelIntegrationTests):
+class TestChatRankGuideIntegration(
+    _NeedsDemoModels,
+    demo_tool_xfails(
+        no_copy=RANKGUIDE_NO_COPY,
+        no_free_call=RANKGUIDE_NO_FREE_CALL,
+        no_unicode_copy=RANKGUIDE_NO_UNICODE_COPY,
+    ),
+    ChatModelIntegrationTests,
+):
     pytestmark = asyncio_suite
 
     @property
     def chat_model_class(self) -> type[BaseChatModel]:
         return ChatRankGuide
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
 
     @property
     def chat_model_params(self) -> dict[str, Any]:

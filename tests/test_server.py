@@ -31,6 +31,7 @@ from server_fixtures import (
 )
 
 from langchain_rankguide.config import load_config
+from langchain_rankguide.engine.grammar import llguidance_available
 from langchain_rankguide.graph import answer_of, build_graph
 from langchain_rankguide.pipeline import RankGuidePipeline
 from langchain_rankguide.server.app import ServerLimits, create_app
@@ -45,6 +46,10 @@ from langchain_rankguide.server.handlers import (
 from langchain_rankguide.server.protocol import ChatCompletionRequest, CompletionRequest
 
 pytest_plugins = ["server_fixtures"]
+
+needs_llguidance = pytest.mark.skipif(
+    not llguidance_available(), reason="llguidance (the [structured] extra) is not installed"
+)
 
 GO = [{"role": "user", "content": "go"}]
 KEY = "sk-serve-test-5e4d3c2b1a"
@@ -437,6 +442,223 @@ def test_oversize_body_is_413(http: httpx.Client) -> None:
         413,
         "invalid_request_error",
     )
+
+
+# -------------------------------------------------------------------- tools, formats, logprobs
+
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers.",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+}
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+}
+NAMED_ADD = {"type": "function", "function": {"name": "add"}}
+
+
+def assert_add_call(call: Any) -> dict[str, Any]:
+    assert call.type == "function" and call.function.name == "add" and call.id
+    args = json.loads(call.function.arguments)
+    assert set(args) == {"a", "b"} and all(isinstance(v, int) for v in args.values())
+    return args
+
+
+def assert_person(text: str | None) -> None:
+    data = json.loads(text or "")
+    assert set(data) == {"name", "age"}
+    assert isinstance(data["name"], str) and isinstance(data["age"], int)
+
+
+@needs_llguidance
+@pytest.mark.parametrize("model", ["srm", "lrm"])
+def test_plain_models_call_forced_tools(
+    client: openai.OpenAI, local: RankGuidePipeline, model: str
+) -> None:
+    body: dict[str, Any] = {"messages": GO, "tools": [ADD], "max_tokens": 40}
+    for choice in ("required", NAMED_ADD):
+        resp = client.chat.completions.create(model=model, tool_choice=choice, **body)
+        message = resp.choices[0].message
+        (call,) = message.tool_calls or []
+        args = assert_add_call(call)
+        assert message.content is None and resp.choices[0].finish_reason == "tool_calls"
+    # Greedy: the served call is the one the same handler makes in this process.
+    loaded = local.srm if model == "srm" else local.lrm_loaded()
+    handler = PlainModelHandler(loaded, role=model, max_tokens=SERVE_MAX_TOKENS)
+    request = ChatCompletionRequest.model_validate(
+        {"model": model, "tool_choice": "required", **body}
+    )
+    pieces, outcome = drain(handler.chat(request, lambda: False))
+    (piece,) = [p for p in pieces if p.kind == "tool_call"]
+    assert piece.call is not None and json.loads(piece.call["function"]["arguments"]) == args
+    assert outcome.finish_reason == "tool_calls"
+    stream = client.chat.completions.create(
+        model=model, tool_choice="required", stream=True, **body
+    )
+    deltas = [c.choices[0] for c in stream]
+    (streamed,) = [call for d in deltas for call in d.delta.tool_calls or []]
+    assert streamed.index == 0 and json.loads(streamed.function.arguments) == args
+    assert deltas[-1].finish_reason == "tool_calls"
+
+
+@needs_llguidance
+def test_plain_models_honour_response_format_and_tool_choice_none(client: openai.OpenAI) -> None:
+    schema = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
+    resp = client.chat.completions.create(
+        model="lrm", messages=GO, response_format=schema, max_tokens=40
+    )
+    assert_person(resp.choices[0].message.content)
+    loose = client.chat.completions.create(
+        model="srm", messages=GO, response_format={"type": "json_object"}, max_tokens=40
+    )
+    assert isinstance(json.loads(loose.choices[0].message.content or ""), dict)
+    text = client.completions.create(
+        model="srm", prompt="go", max_tokens=40, extra_body={"response_format": schema}
+    )
+    assert_person(text.choices[0].text)
+    # "none": the tools are not shown and nothing is called; the same text as without tools.
+    free = client.chat.completions.create(model="lrm", messages=GO, max_tokens=20)
+    none = client.chat.completions.create(
+        model="lrm", messages=GO, max_tokens=20, tools=[ADD], tool_choice="none"
+    )
+    assert none.choices[0].message.content == free.choices[0].message.content
+    assert none.choices[0].message.tool_calls is None
+
+
+def test_plain_models_return_their_own_logprobs(client: openai.OpenAI) -> None:
+    resp = client.chat.completions.create(
+        model="lrm", messages=GO, max_tokens=12, logprobs=True, top_logprobs=3
+    )
+    choice = resp.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content
+    entries = choice.logprobs.content
+    assert "".join(e.token for e in entries) == choice.message.content
+    for entry in entries:
+        tops = [t.logprob for t in entry.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True)
+        # Greedy: the chosen token is the likeliest one.
+        assert entry.top_logprobs[0].token == entry.token
+        assert entry.logprob == pytest.approx(tops[0]) and entry.logprob <= 0
+        assert bytes(entry.bytes or []) == entry.token.encode()
+    plain = client.completions.create(model="srm", prompt="go", max_tokens=8, logprobs=2)
+    logprobs = plain.choices[0].logprobs
+    assert logprobs is not None and "".join(logprobs.tokens or []) == plain.choices[0].text
+    assert logprobs.text_offset == sorted(logprobs.text_offset or [])
+    assert all(len(top) <= 2 for top in logprobs.top_logprobs or [])
+    streamed = client.chat.completions.create(
+        model="lrm", messages=GO, max_tokens=12, logprobs=True, stream=True
+    )
+    tokens = [
+        e.token
+        for c in streamed
+        if c.choices[0].logprobs
+        for e in c.choices[0].logprobs.content or []
+    ]
+    assert tokens == [e.token for e in entries]
+
+
+@needs_llguidance
+def test_rankguide_writes_its_final_output_under_the_grammar(client: openai.OpenAI) -> None:
+    resp = client.chat.completions.create(
+        model="rankguide", messages=GO, tools=[ADD], tool_choice=NAMED_ADD
+    )
+    choice = resp.choices[0]
+    assert_add_call((choice.message.tool_calls or [None])[0])
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    steps = (resp.model_extra or {})["rankguide"]["steps"]
+    assert steps[-1]["is_answer"] and steps[-1]["text"].startswith("<tool_call>")
+    schema = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
+    structured = client.chat.completions.create(
+        model="rankguide", messages=GO, response_format=schema
+    )
+    assert_person(structured.choices[0].message.content)
+    question = client.completions.create(
+        model="rankguide", prompt="go", extra_body={"response_format": schema}
+    )
+    assert_person(question.choices[0].text)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "param", "needs"),
+    [
+        ("chat", {"model": "srm", "tool_choice": "required"}, "tool_choice", "needs tools"),
+        (
+            "chat",
+            {
+                "model": "lrm",
+                "tools": [ADD],
+                "tool_choice": {"type": "function", "function": {"name": "mul"}},
+            },
+            "tool_choice",
+            "not among the tools (add)",
+        ),
+        ("chat", {"model": "srm", "tools": [{"type": "retrieval"}]}, "tools.0.type", "function"),
+        (
+            "chat",
+            {"model": "srm", "response_format": {"type": "xml"}},
+            "response_format",
+            "json_object",
+        ),
+        ("chat", {"model": "lrm", "top_logprobs": 2}, "top_logprobs", "logprobs: true"),
+        ("chat", {"model": "rankguide", "logprobs": True}, "logprobs", "ask the srm or lrm"),
+        ("completions", {"model": "rankguide", "logprobs": 1}, "logprobs", "ask the srm or lrm"),
+        ("completions", {"model": "srm", "tools": [ADD]}, "tools", "/v1/chat/completions"),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+def test_fields_that_cannot_be_honoured_are_400_naming_them(
+    http: httpx.Client, endpoint: str, body: dict[str, Any], param: str, needs: str, stream: bool
+) -> None:
+    payload = {**body, "stream": stream, "max_tokens": 4}
+    if endpoint == "chat":
+        response = http.post("/chat/completions", json={**payload, "messages": GO})
+    else:
+        response = http.post("/completions", json={**payload, "prompt": "go"})
+    # Refused before any generation: a streamed request gets the 400 too, not an SSE error.
+    error = assert_error(response, 400, "invalid_request_error", param)
+    assert param.split(".")[0] in error["message"] and needs in error["message"]
+
+
+@pytest.mark.parametrize("mode", ["completions", "chat"])
+def test_the_specreason_judge_reads_logprobs_from_rankguide_serve(
+    served: ServedProcess, local: RankGuidePipeline, tiny_pair: tuple[Path, Path], mode: str
+) -> None:
+    """``RemoteLRM(judge_logprobs=...)`` against the served LRM scores as the local LRM does."""
+    from langchain_rankguide.config.models import OpenAICompatibleLRMConfig
+    from langchain_rankguide.lrm import LocalLRM
+    from langchain_rankguide.remote import RemoteLRM
+
+    config = OpenAICompatibleLRMConfig.model_validate(
+        {"base_url": served.v1, "model": "lrm", "mode": mode, "tokenizer": str(tiny_pair[1])}
+    )
+    remote = RemoteLRM(config, delimiter="\n\n", max_step_tokens=8, judge_logprobs=20)
+    reference = LocalLRM(local.lrm_loaded(), settings=local.step_settings)
+    step = "we add 12 and 3.\n\n"
+    for lrm in (remote, reference):
+        lrm.begin(GO)
+    sent: list[Any] = []
+    original = remote.client.completions if mode == "completions" else remote.client.chat
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        sent.append(result)
+        return result
+
+    setattr(remote.client, mode, spy)
+    score = remote.judge(step)
+    (result,) = sent
+    assert result.top_logprobs, "the server honoured the log-probs request"
+    assert score == reference.judge(step) is not None
+    remote.close()
 
 
 # --------------------------------------------------------------------------- in-process apps

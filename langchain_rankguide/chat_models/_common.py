@@ -1,20 +1,33 @@
-"""Pieces both chat models share: parameter checks, stop strings, usage and async bridging."""
+"""Pieces both chat models share: checks, stop strings, usage, async, tools, structured output."""
 
 from __future__ import annotations
 
 import asyncio
 import warnings
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from operator import itemgetter
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.chat_models import generate_from_stream
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
+from langchain_core.output_parsers import (
+    JsonOutputKeyToolsParser,
+    JsonOutputParser,
+    PydanticOutputParser,
+    PydanticToolsParser,
+)
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
 
+from langchain_rankguide.answer_format import AnswerFormat
+from langchain_rankguide.engine.grammar import require_llguidance
 from langchain_rankguide.engine.stopping import partial_marker_length
 from langchain_rankguide.schemas import Usage
 
@@ -172,6 +185,10 @@ class StreamFirstChatModel(BaseChatModel):
     fields); locks, loaded models and caches stay behind and load again on first use. No
     field holds a secret: hosted-API keys given to the constructor are dropped, and a remote
     LRM's key is read from the environment variable its configuration names, at each call.
+
+    Tools and structured output (:meth:`bind_tools`, :meth:`with_structured_output`) are the
+    same for both: a forced ``tool_choice`` or a schema is decoded under a grammar
+    (:mod:`langchain_rankguide.engine.grammar`), so the output always parses.
     """
 
     _TRANSIENT: ClassVar[frozenset[str]] = frozenset()
@@ -271,3 +288,92 @@ class StreamFirstChatModel(BaseChatModel):
     ) -> ChatResult:
         chunks = [c async for c in iterate_in_thread(self._chunks(messages, stop, **kwargs))]
         return generate_from_stream(iter(chunks))
+
+    # ------------------------------------------------------------------ tools and structure
+    # Both models decode a forced tool call or a structured output under the same grammar
+    # (langchain_rankguide.engine.grammar); ChatRankGuide's is written by the answer's author.
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | dict[str, Any] | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Offer tools to the model (rendered through the chat template; see the class).
+
+        Args:
+            tools: LangChain tools, pydantic models, functions or OpenAI-format dicts.
+            tool_choice: ``None``/``"auto"`` (the model decides; calls are parsed from its
+                output), ``"none"``, ``"any"``/``"required"``/``True`` (one call to some tool,
+                enforced by constrained decoding), or a tool name (a call to that tool).
+            **kwargs: further call keywords.
+        """
+        formatted = [convert_to_openai_tool(tool) for tool in tools]
+        # Fail at binding, not at the first call, on a choice that cannot be honoured.
+        AnswerFormat.of(formatted, tool_choice).check()
+        return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | Any]:
+        """Return a runnable whose output is validated against ``schema``.
+
+        Decoding is constrained by llguidance in every method, so the output always parses:
+        ``json_schema`` (default) constrains the reply to the schema; ``function_calling``
+        forces a ``<tool_call>`` to a tool made from the schema; ``json_mode`` constrains to the
+        schema as well (the grammar engine can, so nothing is left to the prompt).
+
+        Args:
+            schema: a pydantic model (v2 or v1), a TypedDict, or a JSON schema / OpenAI tool
+                dict. Pydantic models come back as instances, the rest as dicts.
+            method: see above.
+            include_raw: return ``{"raw": AIMessage, "parsed": ..., "parsing_error": ...}``.
+            strict: accepted for compatibility; decoding is always strict.
+            **kwargs: further call keywords bound to the model.
+
+        Raises:
+            ImportError: llguidance is not installed (``langchain-rankguide[structured]``).
+        """
+        require_llguidance("with_structured_output")
+        is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        trace = {"kwargs": {"method": method, "strict": strict}, "schema": schema}
+        parser: Runnable[Any, Any]
+        if method == "function_calling":
+            tool = convert_to_openai_tool(schema)
+            name = tool["function"]["name"]
+            llm = self.bind_tools(
+                [schema], tool_choice=name, ls_structured_output_format=trace, **kwargs
+            )
+            if is_pydantic:
+                parser = PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
+            else:
+                parser = JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+        elif method in ("json_schema", "json_mode"):
+            json_schema = convert_to_json_schema(schema)
+            llm = self.bind(
+                response_format={"type": "json_schema", "json_schema": {"schema": json_schema}},
+                ls_structured_output_format=trace,
+                **kwargs,
+            )
+            if is_pydantic:
+                parser = PydanticOutputParser(pydantic_object=schema)  # type: ignore[arg-type]
+            else:
+                parser = JsonOutputParser()
+        else:
+            raise ValueError(
+                f"unknown method {method!r}; use json_schema, function_calling or json_mode"
+            )
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(
+            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+        )
+        failed = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | parsed.with_fallbacks([failed], exception_key="parsing_error")

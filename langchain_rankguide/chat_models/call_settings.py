@@ -1,16 +1,16 @@
 """What one call of ``ChatSteeredHuggingFace`` runs with: call keywords and their spellings.
 
 The chat model merges its fields, ``model_kwargs`` and the call's own keywords into one
-:class:`CallSettings`; this module knows the keywords, the accepted spellings of
-``tool_choice`` and ``response_format``, and the token budget a call gets.
+:class:`CallSettings`; this module knows the keywords and the token budget a call gets. The
+spellings of ``tool_choice`` and ``response_format`` are in ``langchain_rankguide.answer_format``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from langchain_rankguide.answer_format import AnswerFormat
 from langchain_rankguide.engine import SamplingSettings
 
 DEFAULT_MAX_TOKENS = 512
@@ -52,39 +52,6 @@ INERT_CALL_KEYS = frozenset({"stream", "parallel_tool_calls", "strict", "n"})
 Positions = Literal["delimiter", "generated", "all"]
 
 
-def normalise_tool_choice(choice: Any) -> str | None:
-    """Map the accepted ``tool_choice`` spellings to ``None``/``"none"``/``"any"``/a tool name."""
-    if choice in (None, "auto", False):
-        return None
-    if choice is True or choice in ("any", "required"):
-        return "any"
-    if choice == "none":
-        return "none"
-    if isinstance(choice, Mapping):
-        if choice.get("type") in ("any", "required"):
-            return "any"
-        name = (choice.get("function") or {}).get("name") or choice.get("name")
-        if isinstance(name, str):
-            return name
-    if isinstance(choice, str):
-        return choice
-    raise ValueError(f"unsupported tool_choice {choice!r}")
-
-
-def response_schema(response_format: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The JSON schema of an OpenAI-style ``response_format`` (``None``: any JSON object)."""
-    kind = response_format.get("type")
-    if kind == "json_object":
-        schema = response_format.get("schema")
-        return dict(schema) if isinstance(schema, Mapping) else None
-    if kind == "json_schema":
-        inner = response_format.get("json_schema", response_format)
-        schema = inner.get("schema")
-        if isinstance(schema, Mapping):
-            return dict(schema)
-    raise ValueError(f"unsupported response_format {dict(response_format)!r}")
-
-
 @dataclass
 class CallSettings:
     """Everything one call runs with: model fields, then ``model_kwargs``, then call kwargs."""
@@ -115,9 +82,14 @@ class CallSettings:
         )
 
     @property
+    def answer_format(self) -> AnswerFormat:
+        """The shape of the reply: tools, ``tool_choice`` and ``response_format``."""
+        return AnswerFormat.of(self.tools, self.tool_choice, self.response_format)
+
+    @property
     def offered_tools(self) -> list[dict[str, Any]] | None:
         """The tools shown to the chat template (none when ``tool_choice="none"``)."""
-        return self.tools if self.tool_choice != "none" else None
+        return self.answer_format.offered_tools
 
     def token_budget(self, context_length: int | None, prompt_length: int) -> int:
         """Tokens this call may generate: ``max_tokens`` (or the default), within the context."""

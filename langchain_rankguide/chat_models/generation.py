@@ -20,17 +20,9 @@ from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGenerationChunk
 
 from langchain_rankguide.chat_models._common import plain_usage, usage_metadata
-from langchain_rankguide.chat_models.call_settings import CallSettings, response_schema
+from langchain_rankguide.chat_models.call_settings import CallSettings
 from langchain_rankguide.chat_models.messages import OutputDelta, OutputStream, new_tool_call_id
 from langchain_rankguide.chat_models.step_signals import StepSignals
-from langchain_rankguide.chat_models.structured import (
-    CLOSING_OVERRUN,
-    Constraint,
-    grammar_hooks,
-    json_constraint,
-    require_llguidance,
-    tool_call_constraint,
-)
 from langchain_rankguide.engine import (
     CaptureSettings,
     LoadedModel,
@@ -39,6 +31,11 @@ from langchain_rankguide.engine import (
     StepSettings,
     StepToken,
     StoppingCriterion,
+)
+from langchain_rankguide.engine.grammar import (
+    CLOSING_OVERRUN,
+    Constraint,
+    grammar_hooks,
 )
 
 PROVIDER = "huggingface"
@@ -50,15 +47,8 @@ _FINISH = {"eos": "stop", "stop": "stop", "max_tokens": "length"}
 
 
 def reply_constraint(call: CallSettings) -> Constraint | None:
-    """The grammar a call's output must follow: its ``response_format`` or a forced tool call."""
-    if call.response_format is not None:
-        require_llguidance("structured output (response_format)")
-        return json_constraint(response_schema(call.response_format))
-    if call.tools and call.tool_choice not in (None, "none"):
-        require_llguidance(f"tool_choice={call.tool_choice!r}")
-        name = None if call.tool_choice == "any" else call.tool_choice
-        return tool_call_constraint(call.tools, name)
-    return None
+    """The grammar a call's output must follow: its answer format's (``None``: free text)."""
+    return call.answer_format.constraint()
 
 
 def signal_capture(
@@ -144,7 +134,7 @@ def stream_reply(plan: ReplyPlan) -> Iterator[ChatGenerationChunk]:
     output = OutputStream(
         loaded.tokenizer,
         prompt=plan.prompt,
-        tools=offered if constraint is None or constraint.kind == "tool_call" else None,
+        tools=offered if constraint is None or constraint.calls_tools else None,
         own_format=constraint is not None,
     )
     reply = ReplyChunks(output, StepSignals(signals, plan.delimiter))
@@ -155,72 +145,25 @@ def stream_reply(plan: ReplyPlan) -> Iterator[ChatGenerationChunk]:
     yield reply.last_chunk(plan, engine)
 
 
-class ReplyChunks:
-    """Turn the engine's tokens into message chunks: parsed text, tool calls, the end.
+class OutputChunks:
+    """Parsed reply text as message chunks: content, reasoning, tool calls.
 
     Args:
         output: the parser of the reply text (content, reasoning, tool calls).
-        steps: per-step signals of the reply.
     """
 
-    def __init__(self, output: OutputStream, steps: StepSignals) -> None:
+    def __init__(self, output: OutputStream) -> None:
         self.output = output
-        self.steps = steps
         self.tool_calls = 0
-        self.generated = 0
-        self.finish = "length"
-        self.stop_string: str | None = None
+        """Tool-call chunks sent so far (each call's ``index``)."""
 
-    def follow(
-        self, tokens: Iterator[StepToken], timeout: float | None, started: float
-    ) -> Iterator[ChatGenerationChunk]:
-        """Consume the step loop until it stops (or the call's time is up)."""
-        text, shown = "", 0
-        for token in tokens:
-            self.generated += 1
-            stop = token.stop
-            if stop is None or stop.reason != "eos":
-                self.steps.add(token)
-            yield from self._chunks(self.output.feed(_reply_piece(token, shown)))
-            text += token.text
-            shown += len(token.released)
-            if stop is not None:
-                self.finish = _FINISH.get(stop.reason, "stop")
-                if stop.reason == "stop" and stop.marker is not None:
-                    self.stop_string = stop.marker
-                break
-            if timeout is not None and time.monotonic() - started > timeout:
-                # Text held back at a possible stop string is reply text after all.
-                yield from self._chunks(self.output.feed(text[shown:]))
-                self.finish = "timeout"
-                break
+    def feed(self, text: str) -> Iterator[ChatGenerationChunk]:
+        """Parse more reply text; yield what it completed."""
+        yield from self._chunks(self.output.feed(text))
+
+    def finish(self) -> Iterator[ChatGenerationChunk]:
+        """Flush the parser at the end of the reply."""
         yield from self._chunks(self.output.finish())
-        self.steps.close()
-
-    def last_chunk(self, plan: ReplyPlan, engine: StepEngine) -> ChatGenerationChunk:
-        """The closing chunk: usage, finish reason, per-step signals, steering."""
-        finish = "tool_calls" if self.tool_calls and self.finish == "stop" else self.finish
-        metadata: dict[str, Any] = {
-            "model_name": plan.call.model,
-            "model_provider": PROVIDER,
-            "finish_reason": finish,
-            "usage_by_model": plain_usage({"srm": engine.usage}),
-            "steps": self.steps.records,
-        }
-        if self.stop_string is not None:
-            metadata["stop"] = self.stop_string
-        if plan.steering is not None:
-            steering = dict(plan.steering)
-            handle = steering.pop("handle")
-            metadata["steering"] = {**steering, "steered_positions": handle.steered_positions}
-        return ChatGenerationChunk(
-            message=AIMessageChunk(
-                content="",
-                usage_metadata=usage_metadata(len(plan.prompt_ids), self.generated),
-                response_metadata=metadata,
-                chunk_position="last",
-            )
-        )
 
     def _chunks(self, deltas: Sequence[OutputDelta]) -> Iterator[ChatGenerationChunk]:
         for delta in deltas:
@@ -248,9 +191,69 @@ class ReplyChunks:
         return AIMessageChunk(content="", tool_call_chunks=[chunk])
 
 
-def _reply_piece(token: StepToken, shown: int) -> str:
-    """The released text that belongs in the reply: a matched stop string does not."""
-    stop = token.stop
-    if stop is None or stop.reason != "stop" or stop.marker is None or stop.end is None:
-        return token.released
-    return token.released[: max(0, stop.end - len(stop.marker) - shown)]
+class ReplyChunks:
+    """Turn the engine's tokens into message chunks: parsed text, tool calls, the end.
+
+    Args:
+        output: the parser of the reply text (content, reasoning, tool calls).
+        steps: per-step signals of the reply.
+    """
+
+    def __init__(self, output: OutputStream, steps: StepSignals) -> None:
+        self.parsed = OutputChunks(output)
+        self.steps = steps
+        self.generated = 0
+        self.finish = "length"
+        self.stop_string: str | None = None
+
+    def follow(
+        self, tokens: Iterator[StepToken], timeout: float | None, started: float
+    ) -> Iterator[ChatGenerationChunk]:
+        """Consume the step loop until it stops (or the call's time is up)."""
+        text, shown = "", 0
+        for token in tokens:
+            self.generated += 1
+            stop = token.stop
+            if stop is None or stop.reason != "eos":
+                self.steps.add(token)
+            yield from self.parsed.feed(token.reply_text(shown))
+            text += token.text
+            shown += len(token.released)
+            if stop is not None:
+                self.finish = _FINISH.get(stop.reason, "stop")
+                if stop.reason == "stop" and stop.marker is not None:
+                    self.stop_string = stop.marker
+                break
+            if timeout is not None and time.monotonic() - started > timeout:
+                # Text held back at a possible stop string is reply text after all.
+                yield from self.parsed.feed(text[shown:])
+                self.finish = "timeout"
+                break
+        yield from self.parsed.finish()
+        self.steps.close()
+
+    def last_chunk(self, plan: ReplyPlan, engine: StepEngine) -> ChatGenerationChunk:
+        """The closing chunk: usage, finish reason, per-step signals, steering."""
+        called = self.parsed.tool_calls
+        finish = "tool_calls" if called and self.finish == "stop" else self.finish
+        metadata: dict[str, Any] = {
+            "model_name": plan.call.model,
+            "model_provider": PROVIDER,
+            "finish_reason": finish,
+            "usage_by_model": plain_usage({"srm": engine.usage}),
+            "steps": self.steps.records,
+        }
+        if self.stop_string is not None:
+            metadata["stop"] = self.stop_string
+        if plan.steering is not None:
+            steering = dict(plan.steering)
+            handle = steering.pop("handle")
+            metadata["steering"] = {**steering, "steered_positions": handle.steered_positions}
+        return ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                usage_metadata=usage_metadata(len(plan.prompt_ids), self.generated),
+                response_metadata=metadata,
+                chunk_position="last",
+            )
+        )

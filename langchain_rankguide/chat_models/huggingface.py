@@ -25,26 +25,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from operator import itemgetter
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from langchain_core.language_models import LanguageModelInput
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.output_parsers import (
-    JsonOutputKeyToolsParser,
-    JsonOutputParser,
-    PydanticOutputParser,
-    PydanticToolsParser,
-)
+from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
-from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
-from langchain_core.tools import BaseTool
-from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
-from langchain_core.utils.pydantic import is_basemodel_subclass
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from langchain_rankguide.answer_format import normalise_tool_choice, response_schema
 from langchain_rankguide.chat_models._common import (
     StreamFirstChatModel,
     pop_unknown_init_kwargs,
@@ -57,13 +47,10 @@ from langchain_rankguide.chat_models.call_settings import (
     INERT_CALL_KEYS,
     CallSettings,
     Positions,
-    normalise_tool_choice,
-    response_schema,
 )
 from langchain_rankguide.chat_models.generation import PROVIDER, ReplyPlan, stream_reply
 from langchain_rankguide.chat_models.messages import render_chat, to_chat_dicts
 from langchain_rankguide.chat_models.step_signals import StepSignals
-from langchain_rankguide.chat_models.structured import require_llguidance
 from langchain_rankguide.engine import MODELS, LoadedModel, ModelRegistry
 from langchain_rankguide.schemas import SIGNALS
 
@@ -407,89 +394,3 @@ class ChatSteeredHuggingFace(StreamFirstChatModel):
             started=started,
         )
         yield from stream_reply(plan)
-
-    # ------------------------------------------------------------------ tools and structure
-
-    def bind_tools(
-        self,
-        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
-        *,
-        tool_choice: str | dict[str, Any] | bool | None = None,
-        **kwargs: Any,
-    ) -> Runnable[LanguageModelInput, AIMessage]:
-        """Offer tools to the model (rendered through the chat template).
-
-        Args:
-            tools: LangChain tools, pydantic models, functions or OpenAI-format dicts.
-            tool_choice: ``None``/``"auto"`` (the model decides; calls are parsed from its
-                output), ``"none"``, ``"any"``/``"required"``/``True`` (one call to some tool,
-                enforced by constrained decoding), or a tool name (a call to that tool).
-            **kwargs: further call keywords.
-        """
-        formatted = [convert_to_openai_tool(tool) for tool in tools]
-        normalise_tool_choice(tool_choice)  # fail early on a spelling we do not know
-        return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
-
-    def with_structured_output(
-        self,
-        schema: dict[str, Any] | type,
-        *,
-        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
-        include_raw: bool = False,
-        strict: bool | None = None,
-        **kwargs: Any,
-    ) -> Runnable[LanguageModelInput, dict[str, Any] | Any]:
-        """Return a runnable whose output is validated against ``schema``.
-
-        Decoding is constrained by llguidance in every method, so the output always parses:
-        ``json_schema`` (default) constrains the reply to the schema; ``function_calling``
-        forces a ``<tool_call>`` to a tool made from the schema; ``json_mode`` constrains to the
-        schema as well (the grammar engine can, so nothing is left to the prompt).
-
-        Args:
-            schema: a pydantic model (v2 or v1), a TypedDict, or a JSON schema / OpenAI tool
-                dict. Pydantic models come back as instances, the rest as dicts.
-            method: see above.
-            include_raw: return ``{"raw": AIMessage, "parsed": ..., "parsing_error": ...}``.
-            strict: accepted for compatibility; decoding is always strict.
-            **kwargs: further call keywords bound to the model.
-
-        Raises:
-            ImportError: llguidance is not installed (``langchain-rankguide[structured]``).
-        """
-        require_llguidance("with_structured_output")
-        is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
-        trace = {"kwargs": {"method": method, "strict": strict}, "schema": schema}
-        parser: Runnable[Any, Any]
-        if method == "function_calling":
-            tool = convert_to_openai_tool(schema)
-            name = tool["function"]["name"]
-            llm = self.bind_tools(
-                [schema], tool_choice=name, ls_structured_output_format=trace, **kwargs
-            )
-            if is_pydantic:
-                parser = PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
-            else:
-                parser = JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
-        elif method in ("json_schema", "json_mode"):
-            json_schema = convert_to_json_schema(schema)
-            llm = self.bind(
-                response_format={"type": "json_schema", "json_schema": {"schema": json_schema}},
-                ls_structured_output_format=trace,
-                **kwargs,
-            )
-            if is_pydantic:
-                parser = PydanticOutputParser(pydantic_object=schema)  # type: ignore[arg-type]
-            else:
-                parser = JsonOutputParser()
-        else:
-            raise ValueError(
-                f"unknown method {method!r}; use json_schema, function_calling or json_mode"
-            )
-        if not include_raw:
-            return llm | parser
-        parsed = RunnablePassthrough.assign(
-            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
-        )
-        failed = RunnablePassthrough.assign(parsed=lambda _: None)
-        return RunnableMap(raw=llm) | parsed.with_fallbacks([failed], exception_key="parsing_error")

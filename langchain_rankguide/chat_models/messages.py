@@ -43,6 +43,7 @@ from langchain_core.messages import (
     ToolMessage,
 )
 
+from langchain_rankguide.engine.templates import TemplateInfo, describe_tools
 from langchain_rankguide.errors import RankGuideError
 
 TOOL_CALL_OPEN = "<tool_call>"
@@ -72,13 +73,6 @@ FALLBACK_RESPONSE_TEMPLATE: dict[str, Any] = {
 
 _REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
 _MEDIA_BLOCKS = ("image", "image_url", "audio", "input_audio", "video", "file")
-
-TOOL_SYSTEM_PROMPT = (
-    "Tools (JSON schemas):\n<tools>\n{tools}\n</tools>\n"
-    "To call one, reply with <tool_call>"
-    '{{"name": <function-name>, "arguments": <args-json-object>}}</tool_call>'
-)
-"""System-prompt section describing tools to a template that has no ``tools`` support."""
 
 
 class MessageFormatError(RankGuideError, ValueError):
@@ -199,33 +193,6 @@ def to_chat_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- rendering
 
 
-@dataclass(frozen=True)
-class TemplateInfo:
-    """What a chat template can render, read from its source.
-
-    Attributes:
-        source: the Jinja source (empty when the tokenizer has none).
-        tools: the template reads ``tools``.
-        tool_calls: the template reads ``tool_calls`` of assistant messages.
-    """
-
-    source: str
-    tools: bool
-    tool_calls: bool
-
-    @classmethod
-    def of(
-        cls, tokenizer: Any, chat_template: str | None = None, *, with_tools: bool
-    ) -> TemplateInfo:
-        """Inspect the template ``apply_chat_template`` will use."""
-        template: Any = chat_template or getattr(tokenizer, "chat_template", None) or ""
-        if isinstance(template, Mapping):
-            named = template.get("tool_use") if with_tools else None
-            template = named or template.get("default") or next(iter(template.values()), "")
-        source = str(template)
-        return cls(source=source, tools="tools" in source, tool_calls="tool_calls" in source)
-
-
 def tool_call_text(name: str, arguments: Any) -> str:
     """Write one call in the ``<tool_call>{json}</tool_call>`` convention."""
     payload = {"name": name, "arguments": arguments}
@@ -241,17 +208,6 @@ def _inline_tool_calls(message: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in message.items() if k != "tool_calls"}
     out["content"] = f"{content}\n{text}" if content else text
     return out
-
-
-def _with_tool_prompt(messages: list[dict[str, Any]], tools: Sequence[Any]) -> list[dict[str, Any]]:
-    section = TOOL_SYSTEM_PROMPT.format(
-        tools="\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
-    )
-    if messages and messages[0]["role"] == "system":
-        first = dict(messages[0])
-        first["content"] = f"{first['content']}\n\n{section}" if first["content"] else section
-        return [first, *messages[1:]]
-    return [{"role": "system", "content": section}, *messages]
 
 
 def _normalised(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -346,7 +302,7 @@ def _shape_and_render(
     kwargs = dict(template_kwargs or {})
     shaped = list(messages)
     if tools and not info.tools:
-        shaped = _with_tool_prompt(shaped, tools)
+        shaped = describe_tools(shaped, tools)
     if not info.tool_calls:
         shaped = [_inline_tool_calls(m) for m in shaped]
     attempts = [shaped, _normalised(shaped)]

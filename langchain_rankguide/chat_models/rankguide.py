@@ -32,8 +32,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
+from langchain_rankguide.answer_format import AnswerFormat
 from langchain_rankguide.chat_models._common import (
     StopMatcher,
     StreamFirstChatModel,
@@ -41,7 +43,8 @@ from langchain_rankguide.chat_models._common import (
     usage_metadata,
     warn_unknown,
 )
-from langchain_rankguide.chat_models.messages import chat_shape, to_chat_dicts
+from langchain_rankguide.chat_models.generation import OutputChunks
+from langchain_rankguide.chat_models.messages import OutputStream, chat_shape, to_chat_dicts
 from langchain_rankguide.engine import MODELS, ModelRegistry
 from langchain_rankguide.engine.text import token_pieces
 from langchain_rankguide.pipeline import RunOptions
@@ -66,12 +69,15 @@ CALL_KEYS = frozenset(
         "steering",
         "steering_vector",
         "steering_scale",
+        "tools",
+        "tool_choice",
+        "response_format",
     }
 )
 """Keyword arguments a call may override (plus ``stop``)."""
 
 _RUN_OPTIONS = ("policy", "threshold", "seed", "steering", "steering_vector", "steering_scale")
-_INERT_CALL_KEYS = frozenset({"stream"})
+_INERT_CALL_KEYS = frozenset({"stream", "parallel_tool_calls", "strict"})
 
 
 def parse_model_name(name: str) -> tuple[str, str]:
@@ -280,10 +286,11 @@ class ChatRankGuide(StreamFirstChatModel):
 
     def _run_options(self, merged: Mapping[str, Any]) -> RunOptions:
         """The call's run options: per-call keywords over the model's fields."""
-        values = {}
+        values: dict[str, Any] = {}
         for name in _RUN_OPTIONS:
             value = merged.get(name)
             values[name] = getattr(self, name) if value is None else value
+        values["output"] = _answer_format(merged)
         return RunOptions(**values)
 
     def _messages(self, pipeline: Any, messages: list[BaseMessage]) -> list[dict[str, Any]]:
@@ -307,16 +314,16 @@ class ChatRankGuide(StreamFirstChatModel):
     def get_num_tokens_from_messages(
         self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
     ) -> int:
-        """Tokens of the SRM's prompt for ``messages``: the ``input_tokens`` a call reports.
+        """Tokens of the SRM's prompt for ``messages`` and ``tools``: a call's ``input_tokens``.
 
         The configured prompt applies and the SRM's chat template renders it, with the SRM's
         tokenizer loaded alone (no weights, no hub).
         """
-        if tools:
-            warn_unknown(type(self).__name__, ["tools"], where="not counted: no tool calling")
         pipeline = self._app(self._overrides({})).pipeline
         tokenizer = pipeline.srm_tokenizer
-        return len(pipeline.srm_prompt_ids(self._prompt_dicts(pipeline, messages, tokenizer)))
+        offered = [convert_to_openai_tool(t) for t in tools] if tools else None
+        dicts = self._prompt_dicts(pipeline, messages, tokenizer)
+        return len(pipeline.srm_prompt_ids(dicts, tokenizer, tools=offered))
 
     def _chunks(
         self, messages: list[BaseMessage], stop: list[str] | None, **kwargs: Any
@@ -330,25 +337,27 @@ class ChatRankGuide(StreamFirstChatModel):
         app = self._app(self._overrides(merged))
         pipeline = app.pipeline
         config = pipeline.config
+        options = self._run_options(merged)
         srm_tokenizer = pipeline.srm.tokenizer
         dicts = self._prompt_dicts(pipeline, messages, srm_tokenizer)
-        prompt_tokens = len(pipeline.srm_prompt_ids(dicts, srm_tokenizer))
+        tools = options.offered_tools
+        prompt_tokens = len(pipeline.srm_prompt_ids(dicts, srm_tokenizer, tools=tools))
         stops = StopMatcher(stop if stop is not None else self.stop)
+        answer = _AnswerText(pipeline, options.output, stops)
         markers = list(config.steps.answer_markers)
         answer_record: dict[str, Any] | None = None
         reasoning_tokens = 0
         timeout = merged.get("timeout") or self.timeout
         started = time.monotonic()
         timed_out = False
-        with app.stream({"prompt": dicts}, self._run_options(merged)) as run:
+        with app.stream({"prompt": dicts}, options) as run:
             for event in run:
                 if event.withdrawn:  # streamed already; the LRM's rewrite follows
                     continue
                 record = event.step
                 if record.get("is_answer") or record.get("finish_reason") == "eos":
                     answer_record = record
-                    answer_text = _answer_of(record["text"], markers)
-                    yield from self._answer_chunks(pipeline, record, answer_text, stops)
+                    yield from answer.chunks(record, _answer_of(record["text"], markers))
                 else:
                     reasoning_tokens += int(record.get("tokens", 0))
                     yield ChatGenerationChunk(
@@ -364,6 +373,8 @@ class ChatRankGuide(StreamFirstChatModel):
         finish: str = result.finish_reason
         if timed_out:
             stop_reason, finish = "timeout", "timeout"
+        elif answer.tool_calls and finish == "stop":
+            finish = "tool_calls"
         answer_tokens = int(answer_record.get("tokens", 0)) if answer_record else 0
         metadata: dict[str, Any] = {
             "model_name": str(merged.get("model") or self.model_name),
@@ -388,25 +399,6 @@ class ChatRankGuide(StreamFirstChatModel):
             )
         )
 
-    def _answer_chunks(
-        self, pipeline: Any, record: Mapping[str, Any], answer: str, stops: StopMatcher
-    ) -> Iterator[ChatGenerationChunk]:
-        """The answer step's text as content chunks, cut at the first stop string."""
-        for piece in self._answer_pieces(pipeline, record, answer):
-            emitted = stops.push(piece)
-            if emitted:
-                yield ChatGenerationChunk(message=AIMessageChunk(content=emitted))
-            if stops.hit is not None:
-                break
-        tail = stops.flush()
-        if tail:
-            yield ChatGenerationChunk(message=AIMessageChunk(content=tail))
-
-    @staticmethod
-    def _answer_pieces(pipeline: Any, record: Mapping[str, Any], answer: str) -> Iterator[str]:
-        """The answer as its author's tokens decode it, one piece per token."""
-        yield from token_pieces(pipeline.step_tokenizer(str(record.get("author"))), answer)
-
 
 @functools.cache
 def _default_config() -> Any:
@@ -414,6 +406,70 @@ def _default_config() -> Any:
     from langchain_rankguide.config import load_config
 
     return load_config(None)
+
+
+class _AnswerText:
+    """The answer step as content chunks: cut at the first stop string, parsed for calls.
+
+    Without tools or a structured output the answer is plain text, one chunk per token of its
+    author; with them it goes through the chat models' output parser (tool calls, content).
+    """
+
+    def __init__(self, pipeline: Any, output: AnswerFormat | None, stops: StopMatcher) -> None:
+        self.pipeline = pipeline
+        self.output = output
+        self.stops = stops
+        self.tool_calls = 0
+        """Tool calls found in the answer."""
+
+    def chunks(self, record: Mapping[str, Any], answer: str) -> Iterator[ChatGenerationChunk]:
+        """The answer's chunks (``record``: its step record)."""
+        tokenizer = self.pipeline.step_tokenizer(str(record.get("author")))
+        parsed = self._parser(tokenizer)
+        for piece in token_pieces(tokenizer, answer):
+            emitted = self.stops.push(piece)
+            if emitted:
+                yield from self._text(emitted, parsed)
+            if self.stops.hit is not None:
+                break
+        tail = self.stops.flush()
+        if tail:
+            yield from self._text(tail, parsed)
+        if parsed is not None:
+            yield from parsed.finish()
+            self.tool_calls += parsed.tool_calls
+
+    def _parser(self, tokenizer: Any) -> OutputChunks | None:
+        output = self.output
+        if output is None or not (output.offered_tools or output.constrained):
+            return None
+        stream = OutputStream(
+            tokenizer, prompt="", tools=output.offered_tools, own_format=output.constrained
+        )
+        return OutputChunks(stream)
+
+    @staticmethod
+    def _text(text: str, parsed: OutputChunks | None) -> Iterator[ChatGenerationChunk]:
+        if parsed is None:
+            yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+        else:
+            yield from parsed.feed(text)
+
+
+def _answer_format(merged: Mapping[str, Any]) -> AnswerFormat | None:
+    """The call's tools, ``tool_choice`` and ``response_format`` (``None``: none given).
+
+    Raises:
+        ValueError: a choice that cannot be honoured (see :meth:`AnswerFormat.check`).
+    """
+    tools, choice, response_format = (
+        merged.get(k) for k in ("tools", "tool_choice", "response_format")
+    )
+    if not tools and choice is None and not response_format:
+        return None
+    output = AnswerFormat.of(tools, choice, response_format)
+    output.check()
+    return output
 
 
 def _answer_of(text: str, markers: list[str]) -> str:

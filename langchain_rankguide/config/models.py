@@ -571,7 +571,9 @@ class StepsConfig(_Section):
         default="router",
         description=(
             "Who writes the final answer: `router` (a step like any other, routed by the guard), "
-            "or always the `srm` / the `lrm`."
+            "or always the `srm` / the `lrm`. A structured output (a forced tool call, a "
+            "response format) is written by this author under its grammar; `lrm` with a remote "
+            "LRM refuses one (it has no local grammar)."
         ),
     )
     stop_on_repeat: bool = Field(

@@ -5,7 +5,7 @@ where ``input_ids`` are all ids in the cache (prompt, committed steps and this s
 far) and ``scores`` the 1-D log-probabilities of the next token. Processors run in order; the
 token is chosen (greedy or sampled) from the last one's output, while the step's recorded
 log-probabilities and entropies stay those of the model. A grammar constraint is one (see
-``langchain_rankguide.chat_models.structured``).
+``langchain_rankguide.engine.grammar``).
 
 Example:
     >>> import torch

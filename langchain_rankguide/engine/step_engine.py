@@ -196,6 +196,16 @@ class StepToken:
     hidden: dict[int, torch.Tensor]
     stop: Stop | None
 
+    def reply_text(self, shown: int) -> str:
+        """The released text that belongs in a reply: a matched stop string does not.
+
+        ``shown``: characters released before this token.
+        """
+        stop = self.stop
+        if stop is None or stop.reason != "stop" or stop.marker is None or stop.end is None:
+            return self.released
+        return self.released[: max(0, stop.end - len(stop.marker) - shown)]
+
 
 @dataclass
 class _StepRun:
@@ -473,6 +483,7 @@ class StepEngine:
         logits_processors: Sequence[LogitsProcessor] = (),
         stopping_criteria: Sequence[StoppingCriterion] = (),
         silent_ids: Collection[int] = (),
+        overrun: int = 0,
     ) -> StepDraft:
         """Generate one step after the committed text; the cache then holds it until commit/discard.
 
@@ -488,6 +499,8 @@ class StepEngine:
             stopping_criteria: end the step on their own terms, after the delimiter, the end
                 markers and ``stop`` (the earliest end wins).
             silent_ids: ids whose text is left out of the step text.
+            overrun: tokens allowed past the cap (``max_new_tokens``, never past
+                ``settings.max_step_tokens``), for a grammar that must complete its value.
         """
         tokens = self.stream_tokens(
             max_new_tokens=max_new_tokens,
@@ -497,6 +510,7 @@ class StepEngine:
             logits_processors=logits_processors,
             stopping_criteria=stopping_criteria,
             silent_ids=silent_ids,
+            overrun=overrun,
         )
         while True:
             try:
@@ -514,6 +528,7 @@ class StepEngine:
         logits_processors: Sequence[LogitsProcessor] = (),
         stopping_criteria: Sequence[StoppingCriterion] = (),
         silent_ids: Collection[int] = (),
+        overrun: int = 0,
     ) -> Generator[str, None, StepDraft]:
         """Generate one step, yielding its text as it is released; return the :class:`StepDraft`.
 
@@ -536,6 +551,7 @@ class StepEngine:
             logits_processors=logits_processors,
             stopping_criteria=stopping_criteria,
             silent_ids=silent_ids,
+            overrun=overrun,
         )
         try:
             while True:
@@ -558,6 +574,7 @@ class StepEngine:
         logits_processors: Sequence[LogitsProcessor] = (),
         stopping_criteria: Sequence[StoppingCriterion] = (),
         silent_ids: Collection[int] = (),
+        overrun: int = 0,
     ) -> Generator[StepToken, None, StepDraft]:
         """The step loop: yield a :class:`StepToken` per generated token; return the draft.
 
@@ -573,7 +590,7 @@ class StepEngine:
         start_position = len(self.ids)
         run = _StepRun(
             start_position=start_position,
-            cap=self._step_cap(max_new_tokens),
+            cap=self._step_cap(max_new_tokens) + max(0, overrun),
             detok=IncrementalDetokenizer(
                 self.tokenizer, context_ids=self.ids, silent_ids=silent_ids
             ),
@@ -751,6 +768,19 @@ class StepEngine:
         # The draft's first-token distribution is the next-token distribution here, so the
         # logits need no recomputation (log-probs are valid logits).
         self._next_logits = draft.first_token_logprobs
+        self._trim_hidden()
+
+    def uncommit(self, start: int) -> None:
+        """Take back the last committed step, which began at position ``start``.
+
+        For a step that must be written again under other rules (a final answer that has to
+        follow a grammar): the cache is cropped to ``start`` and the trace is open again.
+        """
+        if not 0 < start <= len(self.ids) or self.steps_committed < 1:
+            raise EngineError("no committed step starts there")
+        self._crop(start)
+        self.finished = False
+        self.steps_committed -= 1
         self._trim_hidden()
 
     def append_text(self, text: str, *, ends_trace: bool = False) -> list[int]:

@@ -23,16 +23,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_rankguide.config.models import OpenAICompatibleLRMConfig
 from langchain_rankguide.engine.sampling import SamplingSettings, step_seed
+from langchain_rankguide.engine.templates import describe_tools
 from langchain_rankguide.engine.text import find_marker
-from langchain_rankguide.errors import ModelLoadError
+from langchain_rankguide.errors import ModelLoadError, RankGuideError
 from langchain_rankguide.lrm import JUDGE_PROMPT, WrittenStep, render_prompt
 from langchain_rankguide.remote.client import CompletionResult, OpenAICompatibleClient
 from langchain_rankguide.remote.errors import LRMFallback, LRMUnavailableError
 from langchain_rankguide.schemas import FinishReason, StepRecord, Usage, empty_usage
+
+if TYPE_CHECKING:
+    from langchain_rankguide.engine.grammar import Constraint
 
 _CHARS_PER_TOKEN = 4
 """Rough token estimate when neither the server nor a tokenizer gives a count."""
@@ -126,6 +130,9 @@ class RemoteLRM:
         judge_logprobs: ask for this many top log-probs on ``judge`` requests and take the
             most likely digit among them (as the local LRM does); ``None`` reads the single
             generated token instead (works on servers without log-probs).
+        tools: tools (OpenAI format) the prompt shows: through the client-side chat template
+            when it reads ``tools``, else described in the system message (never sent as the
+            request's ``tools``, which would make the server parse the step as a call).
     """
 
     def __init__(
@@ -140,6 +147,7 @@ class RemoteLRM:
         chat_template_kwargs: Mapping[str, Any] | None = None,
         client: OpenAICompatibleClient | None = None,
         judge_logprobs: int | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         if not delimiter:
             raise ValueError("delimiter must not be empty")
@@ -154,6 +162,7 @@ class RemoteLRM:
         self.sampling = sampling or SamplingSettings()
         self.template_kwargs = dict(chat_template_kwargs or {})
         self.judge_logprobs = judge_logprobs
+        self.tools = [dict(t) for t in tools] if tools else None
         self._tokenizer = tokenizer
         self._tokenizer_loaded = tokenizer is not None
         self._owns_client = client is None
@@ -202,7 +211,9 @@ class RemoteLRM:
         if tokenizer is not None:
             if self.config.chat_template is not None:
                 kwargs["chat_template"] = self.config.chat_template
-            return render_prompt(tokenizer, [dict(m) for m in messages], **kwargs)
+            return render_prompt(tokenizer, [dict(m) for m in messages], tools=self.tools, **kwargs)
+        if self.tools:
+            messages = describe_tools([dict(m) for m in messages], self.tools)
         if self.config.chat_template is not None:
             return render_template(self.config.chat_template, messages, **kwargs)
         return render_plain_prompt(messages)
@@ -212,7 +223,12 @@ class RemoteLRM:
     ) -> None:
         """Keep the prompt and the committed step texts; nothing is sent yet."""
         self._messages = [dict(m) for m in prompt_messages]
-        self._prompt = self.render(self._messages) if self.config.mode == "completions" else ""
+        if self.config.mode == "completions":
+            self._prompt = self.render(self._messages)
+        else:
+            self._prompt = ""
+            if self.tools:
+                self._messages = describe_tools(self._messages, self.tools)
         self._steps = [rec.text for rec in committed]
         self._started = True
 
@@ -345,18 +361,31 @@ class RemoteLRM:
 
     # ------------------------------------------------------------------ LRMBackend
 
-    def write_step(self, *, max_new_tokens: int, answer_phase: bool = False) -> WrittenStep:
+    def write_step(
+        self,
+        *,
+        max_new_tokens: int,
+        answer_phase: bool = False,
+        constraint: Constraint | None = None,
+    ) -> WrittenStep:
         """Write and commit the next step with one request.
 
         Args:
             max_new_tokens: the cap for this step (bounded by ``max_step_tokens``).
             answer_phase: ``True`` for the final answer after the end of thinking: the
                 delimiter is then not a stop string (only the end markers are).
+            constraint: not supported (a grammar is decoded locally): raises.
 
         Raises:
             LRMUnavailableError: the server failed after the retries (``on_failure: fail``).
             LRMFallback: the same with ``on_failure: fallback_srm``.
+            RankGuideError: a ``constraint`` was given.
         """
+        if constraint is not None:
+            raise RankGuideError(
+                "a remote LRM cannot write under a local grammar; the SRM writes a structured "
+                "final output for it"
+            )
         self._require_started()
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
@@ -382,6 +411,12 @@ class RemoteLRM:
             finish_reason=finish,
             latency_s=time.perf_counter() - started,
         )
+
+    def retract(self) -> None:
+        """Take back the step just written (the server keeps no state: only the trace changes)."""
+        if not self._steps:
+            raise RankGuideError("the LRM has written no step to take back")
+        self._steps.pop()
 
     def judge(self, step_text: str) -> int | None:
         """Score ``step_text`` 0-9 with a one-token request (SpecReason); nothing is committed.

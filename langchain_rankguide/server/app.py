@@ -42,7 +42,9 @@ from langchain_rankguide.server.handlers import (
     Piece,
     PlainModelHandler,
     RankGuideHandler,
+    check_plain,
 )
+from langchain_rankguide.server.output import completion_logprobs
 from langchain_rankguide.server.protocol import (
     BodyError,
     ChatCompletionRequest,
@@ -382,7 +384,9 @@ def create_app(
     async def chat_completions(request: Request) -> Any:
         parsed: ChatCompletionRequest = await parse(request, ChatCompletionRequest)
         handler = handlers[names[parsed.model]]
-        render = _ChatRender(new_id("chatcmpl"), parsed.model)
+        await _check(handler, parsed)
+        logprobs = parsed.logprob_alternatives() is not None
+        render = _ChatRender(new_id("chatcmpl"), parsed.model, logprobs=logprobs)
         return await run_generation(
             request, lambda c: handler.chat(parsed, c), parsed.stream, render
         )
@@ -391,12 +395,29 @@ def create_app(
     async def completions(request: Request) -> Any:
         parsed: CompletionRequest = await parse(request, CompletionRequest)
         handler = handlers[names[parsed.model]]
-        render = _CompletionRender(new_id("cmpl"), parsed.model)
+        await _check(handler, parsed)
+        logprobs = parsed.logprob_alternatives() is not None
+        render = _CompletionRender(new_id("cmpl"), parsed.model, logprobs=logprobs)
         return await run_generation(
             request, lambda c: handler.complete(parsed, c), parsed.stream, render
         )
 
     return app
+
+
+async def _check(handler: Handler, parsed: Any) -> None:
+    """Refuse, before any generation (and before a stream's 200), what the model cannot honour.
+
+    A handler written before ``Handler.check`` existed has nothing to refuse.
+    """
+    check = getattr(handler, "check", None)
+    if check is None:
+        return
+    try:
+        await run_in_threadpool(check, parsed)
+    except InputError as exc:
+        param = getattr(exc, "param", None)
+        raise HTTPError(400, str(exc), "invalid_request_error", param=param) from None
 
 
 async def read_body(request: Request, limits: ServerLimits) -> bytes:
@@ -486,39 +507,51 @@ def _drain(generation: Generation) -> tuple[list[Piece], Outcome]:
 
 
 class _ChatRender:
-    def __init__(self, response_id: str, model: str) -> None:
+    def __init__(self, response_id: str, model: str, *, logprobs: bool = False) -> None:
         self.id = response_id
         self.model = model
+        self.logprobs = logprobs
         self.started = False
+        self.calls = 0
 
     def whole(self, pieces: list[Piece], outcome: Outcome) -> dict[str, Any]:
         content = "".join(p.text for p in pieces if p.kind == "content")
         reasoning = "".join(p.text for p in pieces if p.kind == "reasoning")
+        calls = [p.call for p in pieces if p.kind == "tool_call" and p.call is not None]
         return chat_body(
             self.id,
             self.model,
             content,
             outcome.finish_reason,
             usage_body(outcome.prompt_tokens, outcome.completion_tokens),
-            reasoning=reasoning if outcome.vendor is not None else None,
+            reasoning=reasoning if outcome.vendor is not None or reasoning else None,
             vendor=outcome.vendor,
             stop_reason=outcome.stop_reason,
+            tool_calls=calls,
+            logprobs=_entries(pieces, outcome) if self.logprobs else None,
         )
 
     def chunk(self, piece: Piece) -> dict[str, Any]:
-        key = "content" if piece.kind == "content" else "reasoning_content"
-        delta: dict[str, Any] = {key: piece.text}
+        delta: dict[str, Any]
+        if piece.kind == "tool_call":
+            delta = {"tool_calls": [{"index": self.calls, **(piece.call or {})}]}
+            self.calls += 1
+        else:
+            key = "content" if piece.kind == "content" else "reasoning_content"
+            delta = {key: piece.text}
         if not self.started:
             delta["role"] = "assistant"
             self.started = True
         vendor = {"step": piece.step} if piece.step is not None else None
-        return chat_chunk(self.id, self.model, delta, vendor=vendor)
+        logprobs = (piece.logprobs or []) if self.logprobs else None
+        return chat_chunk(self.id, self.model, delta, vendor=vendor, logprobs=logprobs)
 
     def final(self, outcome: Outcome) -> list[dict[str, Any]]:
         usage = usage_body(outcome.prompt_tokens, outcome.completion_tokens)
         vendor = None
         if outcome.vendor is not None:
             vendor = {k: v for k, v in outcome.vendor.items() if k != "steps"}
+        logprobs = outcome.logprobs if self.logprobs and outcome.logprobs else None
         return [
             chat_chunk(
                 self.id,
@@ -528,14 +561,16 @@ class _ChatRender:
                 usage=usage,
                 vendor=vendor,
                 stop_reason=outcome.stop_reason,
+                logprobs=logprobs,
             )
         ]
 
 
 class _CompletionRender:
-    def __init__(self, response_id: str, model: str) -> None:
+    def __init__(self, response_id: str, model: str, *, logprobs: bool = False) -> None:
         self.id = response_id
         self.model = model
+        self.logprobs = logprobs
 
     def whole(self, pieces: list[Piece], outcome: Outcome) -> dict[str, Any]:
         text = "".join(p.text for p in pieces if p.kind == "content")
@@ -546,6 +581,7 @@ class _CompletionRender:
             outcome.finish_reason,
             usage_body(outcome.prompt_tokens, outcome.completion_tokens),
             stop_reason=outcome.stop_reason,
+            logprobs=completion_logprobs(_entries(pieces, outcome)) if self.logprobs else None,
         )
         if outcome.vendor is not None:
             body["rankguide"] = outcome.vendor
@@ -553,12 +589,14 @@ class _CompletionRender:
 
     def chunk(self, piece: Piece) -> dict[str, Any]:
         text = piece.text if piece.kind == "content" else ""
-        body = completion_body(self.id, self.model, text, None, None)
+        logprobs = completion_logprobs(piece.logprobs or []) if self.logprobs else None
+        body = completion_body(self.id, self.model, text, None, None, logprobs=logprobs)
         if piece.step is not None:
             body["rankguide"] = {"step": piece.step}
         return body
 
     def final(self, outcome: Outcome) -> list[dict[str, Any]]:
+        logprobs = outcome.logprobs if self.logprobs and outcome.logprobs else None
         body = completion_body(
             self.id,
             self.model,
@@ -566,8 +604,15 @@ class _CompletionRender:
             outcome.finish_reason,
             usage_body(outcome.prompt_tokens, outcome.completion_tokens),
             stop_reason=outcome.stop_reason,
+            logprobs=completion_logprobs(logprobs) if logprobs else None,
         )
         return [body]
+
+
+def _entries(pieces: list[Piece], outcome: Outcome) -> list[dict[str, Any]]:
+    """Every log-prob entry of a finished generation, in order."""
+    entries = [entry for piece in pieces for entry in piece.logprobs or []]
+    return entries + list(outcome.logprobs or [])
 
 
 def build_app_from_config(
@@ -634,6 +679,9 @@ class _LazyPlain:
                     self._load(), role=self._role, max_tokens=self._max_tokens
                 )
             return self._handler
+
+    def check(self, request: ChatCompletionRequest | CompletionRequest) -> None:
+        check_plain(request)
 
     def chat(self, request: ChatCompletionRequest, cancelled: Callable[[], bool]) -> Generation:
         return self._get().chat(request, cancelled)

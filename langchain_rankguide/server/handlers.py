@@ -8,19 +8,44 @@ passed deadline stops the work at the next token (plain models) or step (RankGui
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 from jinja2 import TemplateError
 
+from langchain_rankguide.answer_format import AnswerFormat
 from langchain_rankguide.checkpoints import thread_lease
-from langchain_rankguide.engine import LoadedModel, SamplingSettings, StepEngine, StepSettings
+from langchain_rankguide.engine import (
+    LoadedModel,
+    SamplingSettings,
+    StepEngine,
+    StepSettings,
+    StepToken,
+)
+from langchain_rankguide.engine.grammar import (
+    CLOSING_OVERRUN,
+    INSTALL_HINT,
+    grammar_hooks,
+    llguidance_available,
+)
+from langchain_rankguide.engine.templates import TemplateInfo, describe_tools
 from langchain_rankguide.errors import ConfigError, InputError, RankGuideError
 from langchain_rankguide.lrm import render_prompt
 from langchain_rankguide.pipeline import RunOptions
 from langchain_rankguide.schemas import sum_usage
-from langchain_rankguide.server.protocol import ChatCompletionRequest, CompletionRequest
+from langchain_rankguide.server.output import (
+    Generation,
+    Outcome,
+    Piece,
+    ReplyParser,
+    logprob_entry,
+)
+from langchain_rankguide.server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    FieldError,
+)
 
 if TYPE_CHECKING:
     from langchain_rankguide.app import RankGuideApp
@@ -30,34 +55,15 @@ class Cancelled(RankGuideError):
     """The client went away or the request deadline passed."""
 
 
-@dataclass
-class Piece:
-    """Text produced for the response: answer ``content`` or ``reasoning`` (one step)."""
-
-    text: str
-    kind: Literal["content", "reasoning"] = "content"
-    step: dict[str, Any] | None = None
-
-
-@dataclass
-class Outcome:
-    """How a generation ended."""
-
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    vendor: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    stop_reason: str | None = None
-    """The stop string that ended generation; ``None`` for end-of-sequence or length (sent
-    as vLLM's ``stop_reason``, so a client can tell a matched delimiter from EOS)."""
-
-
-Generation = Generator[Piece, None, Outcome]
-
-
 class Handler(Protocol):
     """A served model."""
+
+    def check(self, request: ChatCompletionRequest | CompletionRequest) -> None:
+        """Refuse (``InputError``, a ``FieldError`` naming the field) what cannot be honoured.
+
+        Called before any generation, so a streamed request is refused with a 400 too.
+        """
+        ...
 
     def chat(self, request: ChatCompletionRequest, cancelled: Callable[[], bool]) -> Generation:
         """Answer a chat request."""
@@ -68,8 +74,28 @@ class Handler(Protocol):
         ...
 
 
+def check_plain(request: ChatCompletionRequest | CompletionRequest) -> None:
+    """What a plain model cannot honour: a format without the grammar engine (llguidance).
+
+    Tools, ``tool_choice``, ``response_format`` and log-probs are otherwise all honoured.
+    """
+    if isinstance(request, ChatCompletionRequest):
+        request.logprob_alternatives()  # top_logprobs without logprobs is refused
+    output = request.answer_format()
+    if output is not None and output.constrained and not llguidance_available():
+        param = "response_format" if output.response_format is not None else "tool_choice"
+        raise FieldError(
+            param, f"needs constrained decoding, which this server lacks ({INSTALL_HINT})"
+        )
+
+
 class PlainModelHandler:
-    """One local model served on its own (the SRM or the LRM), through the step engine."""
+    """One local model served on its own (the SRM or the LRM), through the step engine.
+
+    Tools reach the chat template (or the system message, for a template without ``tools``);
+    a forced ``tool_choice`` and a ``response_format`` are decoded under their grammar; the
+    reply is parsed into content and tool calls; ``logprobs`` are the model's own.
+    """
 
     def __init__(
         self, loaded: LoadedModel, *, role: str, max_tokens: int, default_tokens: int = 256
@@ -79,6 +105,10 @@ class PlainModelHandler:
         self.max_tokens = max_tokens
         self.default_tokens = default_tokens
 
+    def check(self, request: ChatCompletionRequest | CompletionRequest) -> None:
+        """See :func:`check_plain`."""
+        check_plain(request)
+
     def _generate(
         self, prompt: str, limit: int | None, request: Any, cancelled: Callable[[], bool]
     ) -> Generation:
@@ -86,6 +116,8 @@ class PlainModelHandler:
         sampling = SamplingSettings(
             temperature=request.temperature, top_p=request.top_p, seed=request.seed or 0
         )
+        output = request.answer_format()
+        constraint = output.constraint() if output is not None else None
         engine = StepEngine(
             self.loaded,
             role=self.role,
@@ -94,35 +126,37 @@ class PlainModelHandler:
         )
         engine.start(prompt)
         prompt_tokens = len(engine.ids)
-        stops = request.stop_list()
-        stream = engine.stream_step(max_new_tokens=cap, stop_at_delimiter=False, stop=stops)
-        held: str | None = None
+        processors: list[Any] = []
+        criteria: list[Any] = []
+        if constraint is not None:
+            tokenizer, eos = self.loaded.tokenizer, self.loaded.eos_token_ids
+            processors, criteria = grammar_hooks(constraint, tokenizer, eos, cap)
+        tokens = engine.stream_tokens(
+            max_new_tokens=cap,
+            stop_at_delimiter=False,
+            stop=request.stop_list(),
+            logits_processors=processors,
+            stopping_criteria=criteria,
+            overrun=CLOSING_OVERRUN if constraint is not None else 0,
+        )
+        reply = _PlainReply(self.loaded.tokenizer, output, prompt, request.logprob_alternatives())
         try:
-            while True:
-                piece = next(stream)
-                if cancelled():
-                    raise Cancelled("request cancelled")
-                if held:
-                    yield Piece(held)
-                held = piece
-        except StopIteration as done:
-            draft = done.value
+            yield from reply.follow(tokens, cancelled)
         finally:
-            stream.close()
-        matched: str | None = None
-        if draft.finish_reason == "stop":
-            matched = next((s for s in stops if draft.text.endswith(s)), None)
-            if held and matched:
-                # OpenAI semantics: the stop string is not part of the output.
-                held = held[: len(held) - len(matched)]
-        if held:
-            yield Piece(held)
-        finish = "length" if draft.finish_reason == "max_tokens" else "stop"
-        return Outcome(finish, prompt_tokens, draft.n_tokens, stop_reason=matched)
+            tokens.close()
+        return reply.outcome(prompt_tokens)
 
     def chat(self, request: ChatCompletionRequest, cancelled: Callable[[], bool]) -> Generation:
-        """Render the messages with the model's chat template and generate."""
+        """Render the messages (and tools) with the model's chat template and generate."""
         messages = [m.to_template() for m in request.messages]
+        output = request.answer_format()
+        tools = output.offered_tools if output is not None else None
+        kwargs = dict(request.chat_template_kwargs)
+        if tools:
+            if TemplateInfo.of(self.loaded.tokenizer, with_tools=True).tools:
+                kwargs["tools"] = tools
+            else:
+                messages = describe_tools(messages, tools)
         try:
             prompt = self.loaded.tokenizer.apply_chat_template(
                 messages,
@@ -130,7 +164,7 @@ class PlainModelHandler:
                 add_generation_prompt=request.add_generation_prompt
                 and not request.continue_final_message,
                 continue_final_message=request.continue_final_message,
-                **request.chat_template_kwargs,
+                **kwargs,
             )
         except (TypeError, ValueError, TemplateError) as exc:
             # A request's template kwargs can shadow what the template calls: that is the
@@ -143,8 +177,60 @@ class PlainModelHandler:
         return (yield from self._generate(request.prompt, request.max_tokens, request, cancelled))
 
 
+class _PlainReply:
+    """A plain model's tokens as pieces: parsed text, tool calls, log-prob entries, the end."""
+
+    def __init__(
+        self, tokenizer: Any, output: AnswerFormat | None, prompt: str, top: int | None
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.parser = ReplyParser(tokenizer, output, prompt)
+        self.top = top
+        self.generated = 0
+        self.finish = "length"
+        self.matched: str | None = None
+        self._entries: list[dict[str, Any]] = []
+
+    def follow(self, tokens: Iterator[StepToken], cancelled: Callable[[], bool]) -> Iterator[Piece]:
+        """Consume the step loop, yielding pieces as their text is released."""
+        shown = 0
+        for token in tokens:
+            if cancelled():
+                raise Cancelled("request cancelled")
+            self.generated += 1  # an EOS token counts as generated, as it always has
+            stop = token.stop
+            if self.top is not None and (stop is None or stop.reason != "eos"):
+                self._entries.append(logprob_entry(self.tokenizer, token, self.top))
+            yield from self._with_entries(self.parser.feed(token.reply_text(shown)))
+            shown += len(token.released)
+            if stop is not None:
+                self.finish = "length" if stop.reason == "max_tokens" else "stop"
+                self.matched = stop.marker if stop.reason == "stop" else None
+                break
+        yield from self._with_entries(self.parser.finish())
+
+    def _with_entries(self, pieces: list[Piece]) -> Iterator[Piece]:
+        for piece in pieces:
+            if self.top is not None:
+                piece.logprobs, self._entries = self._entries, []
+            yield piece
+
+    def outcome(self, prompt_tokens: int) -> Outcome:
+        """How the reply ended (``tool_calls`` when it called one)."""
+        finish = "tool_calls" if self.parser.calls and self.finish == "stop" else self.finish
+        leftover = self._entries if self.top is not None else None
+        return Outcome(
+            finish, prompt_tokens, self.generated, stop_reason=self.matched, logprobs=leftover
+        )
+
+
 class RankGuideHandler:
     """The whole collaboration served as one model: answer in content, steps as reasoning.
+
+    Tools, ``tool_choice`` and ``response_format`` become the run's answer format: the
+    reasoning is routed as always and the answer's author writes the final output under the
+    grammar (see :mod:`langchain_rankguide.graph`). Log-probs are refused: the reply is written
+    by two models with different tokenizers, not sampled as one sequence.
 
     Args:
         app: the run stream requests go through.
@@ -157,6 +243,18 @@ class RankGuideHandler:
         self.app = app
         self.max_tokens = max_tokens
         self.durable = durable
+
+    def check(self, request: ChatCompletionRequest | CompletionRequest) -> None:
+        """Refuse log-probs and what the run's options cannot honour, before the run."""
+        top = getattr(request, "top_logprobs", None)
+        if top is not None or request.logprob_alternatives() is not None:
+            raise FieldError(
+                "logprobs",
+                "the rankguide model's reply is written step by step by two models with "
+                "different tokenizers, so it has no log-probs; ask the srm or lrm model for them",
+            )
+        check_plain(request)
+        self._options(request, None)
 
     def _options(self, request: Any, limit: int | None) -> RunOptions:
         """The request's run options, refused (as the request's fault) if they cannot run."""
@@ -172,7 +270,7 @@ class RankGuideHandler:
             extras.setdefault("seed", request.seed)
         if limit is not None:
             extras["thinking_budget"] = min(limit, self.max_tokens)
-        options = RunOptions.from_mapping(extras)
+        options = replace(RunOptions.from_mapping(extras), output=request.answer_format())
         pipeline.check_options(options)
         return options
 
@@ -210,6 +308,10 @@ class RankGuideHandler:
         thread_id: str | None,
         cancelled: Callable[[], bool],
     ) -> Generation:
+        # With tools offered, a run that ends at EOS without a marked answer ended with its
+        # reply (a model calls a tool that way), as ChatRankGuide reads it.
+        eos_replies = options.output is not None and bool(options.output.offered_tools)
+        eos_step: dict[str, Any] | None = None
         with app.stream(graph_input, options, run_id=thread_id) as run:
             # A resumed or finished run's earlier steps first: the reply is the whole run.
             for step in run.prior_steps:
@@ -218,14 +320,25 @@ class RankGuideHandler:
             for event in run:
                 if cancelled():
                     raise Cancelled("request cancelled")
-                # A withdrawn step was streamed already; its rewrite follows as a new step.
-                if not event.withdrawn and not event.step["is_answer"]:
-                    yield Piece(event.step["text"], "reasoning", event.step)
+                if event.withdrawn:  # streamed already; its rewrite follows as a new step
+                    continue
+                step = event.step
+                if eos_replies and not step["is_answer"] and step["finish_reason"] == "eos":
+                    eos_step = step
+                elif not step["is_answer"]:
+                    yield Piece(step["text"], "reasoning", step)
         result = run.result
-        if result.answer:
-            yield Piece(result.answer, "content")
+        reply, author = result.answer, result.answer_author
+        if reply is None and eos_step is not None:
+            reply, author = eos_step["text"].strip(), eos_step["author"]
+        parser = ReplyParser(self.app.pipeline.step_tokenizer(str(author)), options.output)
+        if reply:
+            yield from parser.feed(reply)
+        yield from parser.finish()
         total = sum_usage(result.usage.values())
-        finish = result.finish_reason
+        finish: str = result.finish_reason
+        if parser.calls and finish == "stop":
+            finish = "tool_calls"
         vendor = {
             "steps": result.steps,
             "usage_by_model": result.usage,
@@ -270,6 +383,7 @@ __all__ = [
     "Piece",
     "PlainModelHandler",
     "RankGuideHandler",
+    "check_plain",
     "reasoning_text",
     "render_prompt",
 ]

@@ -18,13 +18,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from langchain_rankguide.answer_format import AnswerFormat
 from langchain_rankguide.config.models import RESERVED_TEMPLATE_KWARGS
+from langchain_rankguide.errors import InputError
 
 MAX_JSON_DEPTH = 64
 """Deepest nesting of arrays and objects a request body may have (OpenAI requests need < 10)."""
 
 MAX_INTEGER_DIGITS = 20
 """Longest integer literal a request body may hold (a 64-bit integer has at most 20 digits)."""
+
+MAX_TOP_LOGPROBS = 20
+"""Most alternatives a request may ask for per token (OpenAI's limit)."""
 
 
 class BodyError(ValueError):
@@ -112,6 +117,14 @@ def _check_text(text: str, path: tuple[str, ...]) -> None:
         ) from None
 
 
+class FieldError(InputError):
+    """A request field that cannot be honoured (a 400 naming it in ``param``)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+
+
 class RankGuideExtras(BaseModel):
     """Per-request overrides for the ``rankguide`` model."""
 
@@ -145,6 +158,7 @@ class _Request(BaseModel):
     seed: int | None = None
     rankguide: RankGuideExtras | None = None
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
+    response_format: dict[str, Any] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -168,12 +182,55 @@ class _Request(BaseModel):
         """The stop strings as a list."""
         return list(self.stop or [])
 
+    def answer_format(self) -> AnswerFormat | None:
+        """The reply's tools, ``tool_choice`` and ``response_format``; ``None``: free text.
+
+        Raises:
+            FieldError: one cannot be honoured (a forced choice without tools, an unknown
+                tool, a ``response_format`` that is not ``json_object`` or ``json_schema``).
+        """
+        tools, choice = self.tool_specs(), getattr(self, "tool_choice", None)
+        if not tools and choice is None and self.response_format is None:
+            return None
+        try:
+            output = AnswerFormat.of(tools, choice, self.response_format)
+        except ValueError as exc:
+            raise FieldError("tool_choice", str(exc)) from None
+        try:
+            output.check()
+        except ValueError as exc:
+            param = "response_format" if "response_format" in str(exc) else "tool_choice"
+            raise FieldError(param, str(exc)) from None
+        return output
+
+    def tool_specs(self) -> list[dict[str, Any]] | None:
+        """The request's tools as OpenAI dicts (``None``: no tools)."""
+        return None
+
+    def logprob_alternatives(self) -> int | None:
+        """How many alternatives each token's log-prob entry lists; ``None``: no log-probs."""
+        raise NotImplementedError
+
 
 class CompletionRequest(_Request):
     """``POST /v1/completions``."""
 
     prompt: str = Field(min_length=1)
     echo: Literal[False] = False
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: Any = None
+    tool_choice: Any = None
+
+    @field_validator("tools", "tool_choice")
+    @classmethod
+    def _no_tools(cls, value: Any) -> Any:
+        if value is not None:
+            raise ValueError("the completions API takes no tools; use /v1/chat/completions")
+        return value
+
+    def logprob_alternatives(self) -> int | None:
+        """``logprobs``: the alternatives per token (``0``: the chosen token's only)."""
+        return self.logprobs
 
 
 class ChatMessage(BaseModel):
@@ -199,10 +256,41 @@ class ChatMessage(BaseModel):
             "content": content or "",
         }
         if self.tool_calls:
-            message["tool_calls"] = self.tool_calls
+            message["tool_calls"] = [_template_call(call) for call in self.tool_calls]
         if self.tool_call_id:
             message["tool_call_id"] = self.tool_call_id
         return message
+
+
+def _template_call(call: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI tool call as chat templates read it: arguments as an object, not JSON text."""
+    function = call.get("function")
+    if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
+        return call
+    try:
+        arguments = json.loads(function["arguments"])
+    except ValueError:
+        return call
+    return {**call, "function": {**function, "arguments": arguments}}
+
+
+class FunctionSpec(BaseModel):
+    """The function of an OpenAI tool."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolSpec(BaseModel):
+    """An OpenAI tool (``{"type": "function", "function": {...}}``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionSpec
 
 
 class ChatCompletionRequest(_Request):
@@ -212,10 +300,32 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     add_generation_prompt: bool = True
     continue_final_message: bool = False
+    tools: list[ToolSpec] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
     def token_limit(self) -> int | None:
         """``max_completion_tokens`` (newer clients) or ``max_tokens``."""
         return self.max_completion_tokens or self.max_tokens
+
+    def tool_specs(self) -> list[dict[str, Any]] | None:
+        """The tools as OpenAI dicts."""
+        if self.tools is None:
+            return None
+        return [t.model_dump(exclude_none=True) for t in self.tools]
+
+    def logprob_alternatives(self) -> int | None:
+        """Alternatives per token entry; ``None`` without ``logprobs: true``.
+
+        Raises:
+            FieldError: ``top_logprobs`` without ``logprobs: true`` (as OpenAI refuses it).
+        """
+        if not self.logprobs:
+            if self.top_logprobs is not None:
+                raise FieldError("top_logprobs", "needs logprobs: true")
+            return None
+        return self.top_logprobs or 0
 
 
 def error_body(
@@ -259,6 +369,7 @@ def completion_body(
     usage: dict[str, int] | None,
     *,
     stop_reason: str | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A ``text_completion`` object (or stream chunk when ``usage`` is ``None``)."""
     body: dict[str, Any] = {
@@ -266,7 +377,7 @@ def completion_body(
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [_choice(finish_reason, stop_reason, text=text, logprobs=None)],
+        "choices": [_choice(finish_reason, stop_reason, text=text, logprobs=logprobs)],
     }
     if usage is not None:
         body["usage"] = usage
@@ -283,17 +394,28 @@ def chat_body(
     reasoning: str | None = None,
     vendor: dict[str, Any] | None = None,
     stop_reason: str | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A ``chat.completion`` object."""
+    """A ``chat.completion`` object (``logprobs``: the chat entries, when asked for)."""
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if reasoning is not None:
         message["reasoning_content"] = reasoning
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+        message["content"] = content or None
+    choice = _choice(
+        finish_reason,
+        stop_reason,
+        message=message,
+        logprobs=None if logprobs is None else {"content": logprobs},
+    )
     body: dict[str, Any] = {
         "id": response_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [_choice(finish_reason, stop_reason, message=message)],
+        "choices": [choice],
         "usage": usage,
     }
     if vendor is not None:
@@ -310,14 +432,18 @@ def chat_chunk(
     usage: dict[str, int] | None = None,
     vendor: dict[str, Any] | None = None,
     stop_reason: str | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A ``chat.completion.chunk`` object."""
+    fields: dict[str, Any] = {"delta": delta}
+    if logprobs is not None:
+        fields["logprobs"] = {"content": logprobs}
     body: dict[str, Any] = {
         "id": response_id,
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": model,
-        "choices": [_choice(finish_reason, stop_reason, delta=delta)],
+        "choices": [_choice(finish_reason, stop_reason, **fields)],
     }
     if usage is not None:
         body["usage"] = usage
