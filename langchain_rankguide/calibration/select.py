@@ -31,10 +31,15 @@ if TYPE_CHECKING:
     from langchain_rankguide.calibration.replay import ReplayPipeline, ReplayProblem
     from langchain_rankguide.tasks import BenchProblem, Task
 
-STEP_RATES = (0.15, 0.2, 0.25, 0.3)
+STEP_RATES = (0.15, 0.175, 0.2, 0.225, 0.25, 0.275, 0.3)
 """Escalation rates (of the out-of-fold scores) whose thresholds are tried per stage."""
-RISK_THRESHOLDS = (0.7, 0.9)
-ROLLBACK_RATES = (0.3, 0.5)
+RISK_THRESHOLDS = (0.3, 0.5)
+"""Running-risk thresholds tried; a score is a logit of a rare label (about one step in ten),
+so a run's risk rarely climbs past one half."""
+ROLLBACK_MARGINS = (0.1, 0.2)
+"""A rollback withdraws an accepted SRM step that scored just under the step threshold: the
+thresholds tried lie at the step rule's escalation rate plus 10 and 20 points (a previous step
+at or above the step threshold was flagged itself and never stands to be withdrawn)."""
 MAIN_VARIANT = "rollback"
 """The chain's last run-selected stage: the shipped ``rankguide`` router."""
 
@@ -185,8 +190,10 @@ def _stage_rules(
     """The rules a stage tries: thresholds at rates, or the stage before's rule plus one knob."""
     base = previous.model.rule if previous is not None else None
     if spec.rollback and base is not None:
+        rate = _chosen_rate(previous)
         return [
-            replace(base, rollback_threshold=fitted.rate_threshold(rate)) for rate in ROLLBACK_RATES
+            replace(base, rollback_threshold=fitted.rate_threshold(min(1.0, rate + margin)))
+            for margin in ROLLBACK_MARGINS
         ]
     if spec.risk and base is not None:
         lower = fitted.rate_threshold(_next_lower_rate(previous))
@@ -198,10 +205,18 @@ def _stage_rules(
     return [EscalationRule(fitted.rate_threshold(rate)) for rate in STEP_RATES]
 
 
+def _chosen_rate(previous: StageResult | None) -> float:
+    """The step rate of the threshold the stage before chose (its closest tried rate)."""
+    if previous is None or previous.chosen is None:
+        return STEP_RATES[2]
+    chosen = previous.chosen.escalation_rate
+    return min(STEP_RATES, key=lambda r: abs(r - chosen))
+
+
 def _next_lower_rate(previous: StageResult | None) -> float:
-    """A step rate below the one the stage before chose (risk flags the rest)."""
-    chosen = previous.chosen.escalation_rate if previous and previous.chosen else STEP_RATES[1]
-    lower = [r for r in STEP_RATES if r < chosen]
+    """A step rate below the one the stage before chose (the running risk flags the rest)."""
+    rate = _chosen_rate(previous)
+    lower = [r for r in STEP_RATES if r < rate]
     return lower[-1] if lower else STEP_RATES[0]
 
 
