@@ -12,7 +12,14 @@ if TYPE_CHECKING:
     from langchain_rankguide.app import RunResult
     from langchain_rankguide.pipeline import RunOptions
 
-KEY_SIGNALS = ("entropy.first_token", "rank.window.effective", "reflection.streak")
+KEY_SIGNALS = (
+    "entropy.first_token",
+    "rank.cross_step_norm",
+    "rank.window.effective",
+    "entropy.max",
+    "reflection.streak",
+)
+"""Shown on each step of a live trace when the router computed them."""
 AUTHOR_STYLES = {"srm": "cyan", "lrm": "magenta"}
 
 
