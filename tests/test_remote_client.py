@@ -674,7 +674,11 @@ def test_the_call_deadline_bounds_every_attempt_and_wait(srv: dict[str, FakeServ
     slow = srv["trickle"]
 
     def attempt(backoff_s: float) -> tuple[LRMDeadlineError, float]:
-        retry = RetryPolicy(max_attempts=10, backoff_base_s=backoff_s, backoff_max_s=backoff_s)
+        # No jitter: a wait drawn a little short would start attempt 2 before 0.6 s, and its
+        # own request timeout, not the call's deadline, would end it.
+        retry = RetryPolicy(
+            max_attempts=10, backoff_base_s=backoff_s, backoff_max_s=backoff_s, jitter=0.0
+        )
         started = time.perf_counter()
         with client(slow.url, request_timeout_s=0.4, call_timeout_s=1.0, retry=retry) as c:
             with pytest.raises(LRMDeadlineError) as info:
