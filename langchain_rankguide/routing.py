@@ -23,22 +23,19 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import get_args
 
 from langchain_rankguide.errors import ConfigError
-from langchain_rankguide.schemas import Calibration, EscalationRule, FailureMode, SignalValue
+from langchain_rankguide.schemas import (
+    Calibration,
+    EscalationRule,
+    FailureMode,
+    PolicyName,
+    SignalValue,
+)
 from langchain_rankguide.signals.failure import FailureRules, tag_failure_mode
 
-POLICIES = (
-    "rankguide",
-    "rankguide-paper",
-    "rank",
-    "entropy",
-    "specreason",
-    "keyword",
-    "random",
-    "srm",
-    "lrm",
-)
+POLICIES: tuple[str, ...] = get_args(PolicyName)
 """Every routing policy name, as used in configuration and on the command line."""
 
 REVALIDATION_SIGNALS = ("reflection.streak", "step.repeat")

@@ -27,6 +27,19 @@ from langchain_rankguide.errors import CalibrationError
 Author = Literal["srm", "lrm"]
 """Which model wrote a step."""
 
+PolicyName = Literal[
+    "rankguide",
+    "rankguide-paper",
+    "rank",
+    "entropy",
+    "specreason",
+    "keyword",
+    "random",
+    "srm",
+    "lrm",
+]
+"""A routing policy's name, as configuration and the command line spell it."""
+
 FailureMode = Literal["overconfidence", "uncertainty", "heavy_revalidation", "numerical_fault"]
 """Why a step was judged likely to fail (``None`` on a record means no failure mode fired)."""
 

@@ -35,7 +35,7 @@ from langchain_rankguide.config._errors import (
     suggest,
 )
 from langchain_rankguide.errors import ConfigError
-from langchain_rankguide.schemas import SIGNALS
+from langchain_rankguide.schemas import SIGNALS, PolicyName
 from langchain_rankguide.tasks import TASK_SPEC_RE
 
 CONFIG_VERSION = 1
@@ -652,17 +652,7 @@ class SignalsConfig(_Section):
 class RoutingConfig(_Section):
     """Which steps are escalated to the LRM."""
 
-    policy: Literal[
-        "rankguide",
-        "rankguide-paper",
-        "rank",
-        "entropy",
-        "specreason",
-        "keyword",
-        "random",
-        "srm",
-        "lrm",
-    ] = Field(
+    policy: PolicyName = Field(
         default="rankguide",
         description=(
             "Routing policy: `rankguide` (router v2: the calibrated score of the drafted step "
