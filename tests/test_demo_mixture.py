@@ -15,7 +15,7 @@ from langchain_rankguide.demo.forms import (
     render_question,
 )
 from langchain_rankguide.demo.mixture import IGNORE_INDEX, Mixture, PrefixPool, encode_chat
-from langchain_rankguide.demo.takeover import continue_trace
+from langchain_rankguide.demo.takeover import checked_prefix, continue_trace
 from langchain_rankguide.demo.task import (
     format_question,
     make_problems,
@@ -24,7 +24,7 @@ from langchain_rankguide.demo.task import (
     render_trace,
     verify_steps,
 )
-from langchain_rankguide.demo.tools import make_dialogue
+from langchain_rankguide.demo.tools import _NOUNS, _VERBS, make_dialogue
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +122,37 @@ def test_tool_dialogue_copies_values_from_the_user_message() -> None:
         first = next(iter(arguments.values()))
         assert str(first) in user
         assert dialogue.call["name"] in {t["function"]["name"] for t in dialogue.tools}
+
+
+def test_tool_names_are_mostly_made_up_so_they_must_be_copied() -> None:
+    listed_parts = set(_VERBS) | set(_NOUNS) | {"function", "tool", "lookup"}
+    made_up = listed = 0
+    for seed in range(200):
+        call = make_dialogue(random.Random(seed)).call
+        made_up += not set(call["name"].split("_")) <= listed_parts
+        first = make_dialogue(random.Random(seed), listed_names=True).call["name"]
+        listed += set(first.split("_")) <= listed_parts
+    assert made_up > 120 and listed == 200
+
+
+def test_the_listed_generator_is_unchanged() -> None:
+    """The shipped SRM's recipe draws from it: its dialogues must not move."""
+    dialogue = make_dialogue(random.Random(0), listed_names=True)
+    assert dialogue.call == {
+        "name": "create_price",
+        "arguments": {"customer_name": "땧뿙뉒낸섡쨷", "city": "a German bank"},
+    }
+
+
+def test_a_prefix_ending_in_checks_out_of_order_is_answered_with_the_running_total() -> None:
+    for seed in range(40):
+        rng = random.Random(seed)
+        problem = make_problems(1, seed=seed, min_ops=3, max_ops=6)[0]
+        prefix = checked_prefix(problem, len(problem.ops), rng, keyed=seed % 2 == 0)
+        assert verify_steps(problem, prefix).all_steps_correct
+        steps = continue_trace(problem, prefix, rng)
+        assert steps is not None
+        assert [s.text for s in steps] == [f"Answer: {problem.answer}"]
 
 
 def test_chat_encoding_teaches_only_the_assistant(tokenizer) -> None:  # type: ignore[no-untyped-def]

@@ -7,9 +7,14 @@ Each example is ``(input_ids, labels)`` with labels ``-100`` wherever the model 
   and the model's own reference trace;
 - ``takeover``: a question, a prefix the SRM actually wrote (from :class:`PrefixPool`), and the
   reference continuation of :func:`~langchain_rankguide.demo.takeover.continue_trace`;
-- ``tools``: a tool dialogue (:mod:`~langchain_rankguide.demo.tools`), loss on the assistant's
-  turns; ``tools_arith``: a tools block offered with an arithmetic question, answered by
-  reasoning (a tool is called only when the user asks for one).
+- ``takeover_checks``: a right prefix that ends in a block of checks out of order
+  (:func:`~langchain_rankguide.demo.takeover.checked_prefix`, in either check format), and its
+  reference continuation -- usually just the answer, which must be the running total;
+- ``tools``: a tool dialogue (:mod:`~langchain_rankguide.demo.tools`) with made-up tool and
+  parameter names, loss on the assistant's turns; ``tools_listed``: the same with names from
+  closed lists (the first generator, kept for the shipped SRM's recipe);
+- ``tools_arith``: a tools block offered with an arithmetic question, answered by reasoning
+  (a tool is called only when the user asks for one).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from langchain_rankguide.demo.forms import random_form, render_question
-from langchain_rankguide.demo.takeover import continue_trace
+from langchain_rankguide.demo.takeover import checked_prefix, continue_trace
 from langchain_rankguide.demo.task import (
     Problem,
     TraceStep,
@@ -125,7 +130,8 @@ class Mixture:
 
     Attributes:
         tokenizer: The demo tokenizer.
-        weights: Kind -> weight (``own``, ``takeover``, ``tools``, ``tools_arith``).
+        weights: Kind -> weight (``own``, ``takeover``, ``takeover_checks``, ``tools``,
+            ``tools_listed``, ``tools_arith``).
         keyed_checks: The model's own check format.
         pool: SRM prefixes for ``takeover`` (required when that kind has weight).
         system_prompts: System messages mixed into a few examples.
@@ -141,7 +147,9 @@ class Mixture:
         self._makers: dict[str, Callable[[random.Random], Example | None]] = {
             "own": self._own,
             "takeover": self._takeover,
+            "takeover_checks": self._takeover_checks,
             "tools": self._tools,
+            "tools_listed": self._tools_listed,
             "tools_arith": self._tools_arith,
         }
         unknown = set(self.weights) - set(self._makers)
@@ -180,8 +188,22 @@ class Mixture:
         problem, prefix, steps = drawn
         return encode_trace(self.tokenizer, self._question(rng, problem), prefix, steps)
 
+    def _takeover_checks(self, rng: random.Random) -> Example | None:
+        problem = train_problem(rng, min_ops=2)
+        n_ops = len(problem.ops)
+        done = n_ops if rng.random() < 0.7 else rng.randint(2, n_ops)
+        prefix = checked_prefix(problem, done, rng, keyed=rng.random() < 0.5)
+        steps = continue_trace(problem, prefix, rng, keyed_checks=self.keyed_checks)
+        if steps is None:
+            return None
+        return encode_trace(self.tokenizer, self._question(rng, problem), prefix, steps)
+
     def _tools(self, rng: random.Random) -> Example:
         dialogue = make_dialogue(rng)
+        return encode_chat(self.tokenizer, dialogue.messages, tools=dialogue.tools)
+
+    def _tools_listed(self, rng: random.Random) -> Example:
+        dialogue = make_dialogue(rng, listed_names=True)
         return encode_chat(self.tokenizer, dialogue.messages, tools=dialogue.tools)
 
     def _tools_arith(self, rng: random.Random) -> Example:

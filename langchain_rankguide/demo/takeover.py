@@ -66,6 +66,22 @@ def _repair(problem: Problem, prefix: Sequence[str], keyed: bool) -> tuple[int, 
     return done + 1, step
 
 
+def checked_prefix(
+    problem: Problem, done: int, rng: random.Random, *, keyed: bool = False
+) -> list[str]:
+    """A right prefix: ``done`` operations, then re-checks of 2-3 of them in random order.
+
+    The SRM checks earlier results out of order (its last check is often not of its last
+    operation), so a model taking over after such a block must answer from the running total,
+    not from the value the last check happens to carry.
+    """
+    values = _values(problem)
+    steps = [operation_text(i + 1, *values[i]) for i in range(done)]
+    checked = rng.sample(range(done), min(done, rng.randint(2, 3)))
+    steps += [confirm_text(i + 1, *values[i], keyed=keyed) for i in checked]
+    return steps
+
+
 def continue_trace(
     problem: Problem,
     prefix: Sequence[str],

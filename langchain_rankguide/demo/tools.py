@@ -1,12 +1,17 @@
 """Synthetic tool dialogues: the demo models learn to call a tool the user asks for.
 
 A dialogue offers 1-3 tools (OpenAI-style function schemas with random names and string or
-integer parameters, shaped exactly as LangChain's ``convert_to_openai_tool`` writes them), a
+integer parameters, shaped as LangChain's ``convert_to_openai_tool`` writes them), a
 user message that asks for one of them with the argument values in its text, the assistant's
 call (``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` in the chat template's
 format) with the values copied from the message, the tool's result, and a final answer that
 repeats the result. Values include non-ASCII text (CJK, kana, accented Latin), which the
 byte-fallback tokenizer writes as bytes.
+
+Tool names, parameter names and many values are made-up words (``get_dovira``, ``kelumo``), so
+a model cannot guess them from a closed list: it has to copy them from the tools block and the
+message. ``listed_names=True`` draws the names from closed lists instead (the shipped SRM's
+stage 2 was trained that way, and its recipe keeps it so that it reproduces).
 
 Example:
     >>> import random
@@ -44,14 +49,30 @@ _KINDS = ("technology company", "bakery", "bank", "school", "shop", "startup", "
 _COUNTRIES = ("Chinese", "Japanese", "French", "German", "Brazilian", "Korean", "Spanish")
 
 
+_CONSONANTS = "bdfgklmnprstvz"
+_VOWELS = "aeiou"
+_SYMBOL_KEYS = ("exclusiveMinimum", "exclusiveMaximum", "minimum", "maximum")
+
+
+def made_up_word(rng: random.Random, syllables: tuple[int, int] = (2, 3)) -> str:
+    """A pronounceable word that is in no list (``"dovira"``): something to copy, not guess."""
+    count = rng.randint(*syllables)
+    return "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(count))
+
+
 def _unicode_text(rng: random.Random) -> str:
     ranges = ((0x4E00, 0x9FFF), (0x3041, 0x3096), (0x30A1, 0x30FA), (0xC0, 0xFF), (0xAC00, 0xD7A3))
     low, high = rng.choice(ranges)
     return "".join(chr(rng.randint(low, high)) for _ in range(rng.randint(2, 6)))
 
 
-def _string_value(rng: random.Random) -> str:
+def _string_value(rng: random.Random, *, made_up: bool = False) -> str:
     roll = rng.random()
+    if made_up and roll < 0.3:
+        word = made_up_word(rng, (1, 3))
+        return word.capitalize() if rng.random() < 0.5 else word
+    if made_up:
+        roll = (roll - 0.3) / 0.7
     if roll < 0.35:
         return rng.choice(_CITIES)
     if roll < 0.7:
@@ -68,9 +89,12 @@ class Tool:
     params: tuple[tuple[str, str], ...]  # (name, "integer" | "string")
     description: str
 
+    extras: tuple[tuple[str, dict[str, Any]], ...] = ()
+
     def schema(self) -> dict[str, Any]:
         """The OpenAI-style function schema, keys in LangChain's order."""
-        properties = {name: {"type": kind} for name, kind in self.params}
+        extra = dict(self.extras)
+        properties = {name: {**extra.get(name, {}), "type": kind} for name, kind in self.params}
         parameters = {
             "properties": properties,
             "required": [name for name, _ in self.params],
@@ -98,8 +122,53 @@ def _make_tool(rng: random.Random, noun: str) -> Tool:
     return Tool(name, noun, tuple(params), description)
 
 
-def _value_for(rng: random.Random, kind: str) -> Any:
-    return rng.randint(0, 999) if kind == "integer" else _string_value(rng)
+def _made_up_name(rng: random.Random) -> tuple[str, str]:
+    """A tool name and the noun a question may call it by, at least one part made up."""
+    noun = made_up_word(rng) if rng.random() < 0.7 else rng.choice(_NOUNS)
+    verb = rng.choice(_VERBS) if rng.random() < 0.6 else made_up_word(rng)
+    roll = rng.random()
+    if roll < 0.15:
+        return noun, noun
+    if roll < 0.3:
+        return f"{noun}_{rng.choice(('function', 'tool', 'lookup'))}", noun
+    return f"{verb}_{noun}", noun
+
+
+def _param_extras(rng: random.Random, params: list[tuple[str, str]]) -> dict[str, Any]:
+    """Per-parameter schema keys besides ``type`` (descriptions, bounds), as pydantic writes."""
+    extras: dict[str, Any] = {}
+    for name, kind in params:
+        if rng.random() < 0.2:
+            extras[name] = {"description": f"The {name.replace('_', ' ')}."}
+        elif kind == "integer" and rng.random() < 0.2:
+            low, high = rng.sample(_SYMBOL_KEYS, 1)[0], -rng.randint(1, 1000)
+            extras[name] = {low: high, "exclusiveMaximum": rng.randint(1000, 9999)}
+    return extras
+
+
+def _make_made_up_tool(rng: random.Random) -> Tool:
+    name, noun = _made_up_name(rng)
+
+    def param(kind: str, taken: str = "") -> str:
+        listed = [p for p in (_INT_PARAMS if kind == "integer" else _STR_PARAMS) if p != taken]
+        return rng.choice(listed) if rng.random() < 0.5 else made_up_word(rng)
+
+    first_kind = "integer" if rng.random() < 0.4 else "string"
+    params = [(param(first_kind), first_kind)]
+    if rng.random() < 0.35:
+        params.append((param("string", params[0][0]), "string"))
+    description = f"{name.split('_')[0].capitalize()} the {noun}."
+    if rng.random() < 0.3:
+        args = "\n".join(f"        {p}: The {p.replace('_', ' ')}." for p, _ in params)
+        description += f"\n\n    Args:\n{args}"
+    extras = tuple(_param_extras(rng, params).items())
+    return Tool(name, noun, tuple(params), description, extras)
+
+
+def _value_for(rng: random.Random, kind: str, *, made_up: bool = False) -> Any:
+    if kind == "integer":
+        return rng.randint(0, 999)
+    return _string_value(rng, made_up=made_up)
 
 
 def _ask(rng: random.Random, tool: Tool, values: list[Any]) -> str:
@@ -139,17 +208,33 @@ class Dialogue:
     call: dict[str, Any]
 
 
-def make_dialogue(rng: random.Random, *, with_result: bool | None = None) -> Dialogue:
+def _draw_tools(rng: random.Random, listed_names: bool) -> list[Tool]:
+    if listed_names:
+        return [_make_tool(rng, noun) for noun in rng.sample(_NOUNS, rng.randint(1, 3))]
+    tools: list[Tool] = []
+    count = rng.randint(1, 3)
+    while len(tools) < count:
+        tool = _make_made_up_tool(rng)
+        # Each tool's noun must name it alone, or "the <noun> in X" would be ambiguous.
+        if all(tool.noun not in other.name and other.noun not in tool.name for other in tools):
+            tools.append(tool)
+    return tools
+
+
+def make_dialogue(
+    rng: random.Random, *, with_result: bool | None = None, listed_names: bool = False
+) -> Dialogue:
     """Draw one dialogue: tools, the user's request, the call, and (usually) result and answer.
 
     Args:
         rng: The random source (a seeded one reproduces the dialogue).
         with_result: Add the tool result and the final answer; ``None`` draws it (70%).
+        listed_names: Draw tool and parameter names from closed lists (the first
+            generator) instead of making them up.
     """
-    nouns = rng.sample(_NOUNS, rng.randint(1, 3))
-    tools = [_make_tool(rng, noun) for noun in nouns]
+    tools = _draw_tools(rng, listed_names)
     target = rng.choice(tools)
-    values = [_value_for(rng, kind) for _, kind in target.params]
+    values = [_value_for(rng, kind, made_up=not listed_names) for _, kind in target.params]
     if len(target.params) == 2:
         values[1] = f"a {rng.choice(_COUNTRIES)} {rng.choice(_KINDS)}"
     arguments = {name: value for (name, _), value in zip(target.params, values, strict=True)}
