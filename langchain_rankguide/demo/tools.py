@@ -51,7 +51,8 @@ _COUNTRIES = ("Chinese", "Japanese", "French", "German", "Brazilian", "Korean", 
 
 _CONSONANTS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
-_SYMBOL_KEYS = ("exclusiveMinimum", "exclusiveMaximum", "minimum", "maximum")
+# Bound keywords pydantic writes for constrained integers (values are arbitrary here: noise).
+_BOUND_KEYS = ("exclusiveMinimum", "exclusiveMaximum", "minimum", "maximum")
 
 
 def made_up_word(rng: random.Random, syllables: tuple[int, int] = (2, 3)) -> str:
@@ -104,6 +105,15 @@ class Tool:
         return {"type": "function", "function": function}
 
 
+def _describe(rng: random.Random, name: str, noun: str, params: list[tuple[str, str]]) -> str:
+    """A tool's docstring, sometimes with a Google-style ``Args:`` block."""
+    description = f"{name.split('_')[0].capitalize()} the {noun}."
+    if rng.random() < 0.3:
+        args = "\n".join(f"        {p}: The {p.replace('_', ' ')}." for p, _ in params)
+        description += f"\n\n    Args:\n{args}"
+    return description
+
+
 def _make_tool(rng: random.Random, noun: str) -> Tool:
     if rng.random() < 0.25:
         name = f"{noun}_{rng.choice(('function', 'tool', 'lookup'))}"
@@ -115,10 +125,7 @@ def _make_tool(rng: random.Random, noun: str) -> Tool:
     if rng.random() < 0.35:
         second = rng.choice([p for p in _STR_PARAMS if p != first])
         params.append((second, "string"))
-    description = f"{name.split('_')[0].capitalize()} the {noun}."
-    if rng.random() < 0.3:
-        args = "\n".join(f"        {p}: The {p.replace('_', ' ')}." for p, _ in params)
-        description += f"\n\n    Args:\n{args}"
+    description = _describe(rng, name, noun, params)
     return Tool(name, noun, tuple(params), description)
 
 
@@ -141,8 +148,8 @@ def _param_extras(rng: random.Random, params: list[tuple[str, str]]) -> dict[str
         if rng.random() < 0.2:
             extras[name] = {"description": f"The {name.replace('_', ' ')}."}
         elif kind == "integer" and rng.random() < 0.2:
-            low, high = rng.sample(_SYMBOL_KEYS, 1)[0], -rng.randint(1, 1000)
-            extras[name] = {low: high, "exclusiveMaximum": rng.randint(1000, 9999)}
+            bound, value = rng.sample(_BOUND_KEYS, 1)[0], -rng.randint(1, 1000)
+            extras[name] = {bound: value, "exclusiveMaximum": rng.randint(1000, 9999)}
     return extras
 
 
@@ -157,10 +164,7 @@ def _make_made_up_tool(rng: random.Random) -> Tool:
     params = [(param(first_kind), first_kind)]
     if rng.random() < 0.35:
         params.append((param("string", params[0][0]), "string"))
-    description = f"{name.split('_')[0].capitalize()} the {noun}."
-    if rng.random() < 0.3:
-        args = "\n".join(f"        {p}: The {p.replace('_', ' ')}." for p, _ in params)
-        description += f"\n\n    Args:\n{args}"
+    description = _describe(rng, name, noun, params)
     extras = tuple(_param_extras(rng, params).items())
     return Tool(name, noun, tuple(params), description, extras)
 
