@@ -8,10 +8,11 @@ format) with the values copied from the message, the tool's result, and a final 
 repeats the result. Values include non-ASCII text (CJK, kana, accented Latin), which the
 byte-fallback tokenizer writes as bytes.
 
-Tool names, parameter names and many values are made-up words (``get_dovira``, ``kelumo``), so
-a model cannot guess them from a closed list: it has to copy them from the tools block and the
-message. ``listed_names=True`` draws the names from closed lists instead (the shipped SRM's
-stage 2 was trained that way, and its recipe keeps it so that it reproduces).
+Most tool names, half the parameter names and many values are made-up words
+(``get_dovira``, ``kelumo``), so a model cannot guess them from a closed list: it has to copy
+them from the tools block and the message. ``listed_names=True`` draws the names from closed
+lists instead (the shipped SRM's stage 2 was trained that way, and its recipe keeps it so
+that it reproduces).
 
 Example:
     >>> import random
@@ -130,7 +131,7 @@ def _make_tool(rng: random.Random, noun: str) -> Tool:
 
 
 def _made_up_name(rng: random.Random) -> tuple[str, str]:
-    """A tool name and the noun a question may call it by, at least one part made up."""
+    """A tool name and the noun a question may call it by; most names have a made-up part."""
     noun = made_up_word(rng) if rng.random() < 0.7 else rng.choice(_NOUNS)
     verb = rng.choice(_VERBS) if rng.random() < 0.6 else made_up_word(rng)
     roll = rng.random()
