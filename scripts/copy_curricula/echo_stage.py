@@ -9,10 +9,10 @@ import torch
 
 torch.set_num_threads(1)
 from transformers import AutoModelForCausalLM
+from echo_data import echo_phrase, make_echo
 
 from langchain_rankguide.demo.mixture import encode_chat
 from langchain_rankguide.demo.tokenizer import build_tokenizer
-from langchain_rankguide.demo.tools import _string_value, made_up_word
 from langchain_rankguide.demo.train import BatchStream
 
 steps, lr, batch, src, out = (
@@ -27,25 +27,8 @@ model = AutoModelForCausalLM.from_pretrained(src)
 torch.manual_seed(0)
 
 
-def phrase(rng):
-    parts = []
-    for _ in range(rng.randint(1, 4)):
-        r = rng.random()
-        if r < 0.5:
-            w = made_up_word(rng, (1, 3))
-            parts.append(w + ("_" + made_up_word(rng) if rng.random() < 0.3 else ""))
-        elif r < 0.7:
-            parts.append(str(rng.randint(0, 999)))
-        else:
-            parts.append(_string_value(rng, made_up=True))
-    return " ".join(parts)
-
-
 def echo(rng):
-    x = phrase(rng)
-    return encode_chat(
-        tok, [{"role": "user", "content": f"Repeat: {x}"}, {"role": "assistant", "content": x}]
-    )
+    return encode_chat(tok, make_echo(rng))
 
 
 def echo_acc(n=60):
@@ -53,7 +36,7 @@ def echo_acc(n=60):
     hits = 0
     model.eval()
     for _ in range(n):
-        x = phrase(rng)
+        x = echo_phrase(rng)
         p = tok.apply_chat_template(
             [{"role": "user", "content": f"Repeat: {x}"}],
             tokenize=False,
