@@ -10,8 +10,9 @@ reply is decoded under (:meth:`AnswerFormat.constraint`, see
 tools and ``tool_choice``      ``response_format``    the reply
 =============================  =====================  ======================================
 none, or ``"none"``            none                   free text
-offered, ``"auto"``            none                   free text; ``<tool_call>`` markup is
-                                                      parsed into calls
+offered, ``"auto"``            none                   free text; a call the model opens
+                                                      (``<tool_call>``) is decoded under
+                                                      the tools' grammar, then parsed
 offered, ``"any"``/a name      any                    one call (to that tool), by grammar
 none, or ``"none"``            ``json_*``             one JSON value of the schema
 offered, ``"auto"``            ``json_*``             a call to one of the tools, or the
@@ -187,3 +188,17 @@ class AnswerFormat:
         if self.offered_tools:
             return tool_call_constraint(self.tools, or_json=schema or {})
         return json_constraint(schema)
+
+    def call_grammar(self) -> Constraint | None:
+        """The grammar of a call the model opens itself (``auto`` with tools, no other format).
+
+        ``None`` when the reply has a grammar of its own (:meth:`constraint`), no tools are
+        offered, or llguidance is not installed (calls are then parsed unconstrained).
+        """
+        if self.constrained or not self.offered_tools:
+            return None
+        from langchain_rankguide.engine.grammar import llguidance_available, tool_call_constraint
+
+        if not llguidance_available():
+            return None
+        return tool_call_constraint(self.tools, opened=True)

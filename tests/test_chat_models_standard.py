@@ -65,9 +65,13 @@ RANKGUIDE_PARAMS: dict[str, Any] = {
 }
 
 NO_COPY = (
-    "the demo LRM writes well-formed tool calls but does not yet copy the tool's name and the "
-    "argument out of the question (0 of 200 exact calls on held-out dialogues, docs/demo.md); "
-    "a forced call is still valid, by constrained decoding"
+    "the call is valid by grammar (name magic_function, an integer input), but the demo LRM "
+    "does not copy the argument out of the question: it writes input 340, not 3 (its training "
+    "integers are mostly three digits; it copies strings by content not at all, docs/demo.md)"
+)
+NO_UNICODE_COPY = (
+    "the forced call is valid, but the demo LRM does not copy 你好 out of the question: "
+    "customer_name comes back as 'a Chinese startup' (docs/demo.md)"
 )
 
 
@@ -148,8 +152,11 @@ class TestChatRankGuideUnit(_SerdesOutsideCoreMapping, ChatModelUnitTests):
 # --------------------------------------------------------------------------- integration suites
 
 
-def demo_tool_xfails(*, no_copy: str, no_free_call: str, no_unicode_copy: str) -> type:
-    """The tool tests the demo models fail, as strict ``xfail``s with their measured reasons."""
+def demo_tool_xfails(*, no_copy: str, no_free_call: str | None, no_unicode_copy: str) -> type:
+    """The tool tests the demo models fail, as strict ``xfail``s with their measured reasons.
+
+    ``no_free_call=None``: the suite's ``test_agent_loop`` passes and is left as it is.
+    """
 
     class DemoToolXfails:
         @pytest.mark.xfail(reason=no_copy)
@@ -160,11 +167,6 @@ def demo_tool_xfails(*, no_copy: str, no_free_call: str, no_unicode_copy: str) -
         @pytest.mark.xfail(reason=no_copy)
         async def test_tool_calling_async(self, model: BaseChatModel) -> None:
             await super().test_tool_calling_async(model)  # type: ignore[misc]
-
-        @pytest.mark.xfail(reason=no_free_call)
-        @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
-        def test_agent_loop(self, model: BaseChatModel) -> None:
-            super().test_agent_loop(model)  # type: ignore[misc]
 
         @pytest.mark.xfail(reason=no_unicode_copy)
         def test_unicode_tool_call_integration(
@@ -178,13 +180,22 @@ def demo_tool_xfails(*, no_copy: str, no_free_call: str, no_unicode_copy: str) -
                 model, tool_choice=tool_choice, force_tool_call=force_tool_call
             )
 
-    return DemoToolXfails
+    if no_free_call is None:
+        return DemoToolXfails
+
+    class DemoToolXfailsWithAgentLoop(DemoToolXfails):
+        @pytest.mark.xfail(reason=no_free_call)
+        @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+        def test_agent_loop(self, model: BaseChatModel) -> None:
+            super().test_agent_loop(model)  # type: ignore[misc]
+
+    return DemoToolXfailsWithAgentLoop
 
 
 @needs_llguidance
 class TestChatSteeredHuggingFaceIntegration(
     _NeedsDemoModels,
-    demo_tool_xfails(no_copy=NO_COPY, no_free_call=NO_COPY, no_unicode_copy=NO_COPY),
+    demo_tool_xfails(no_copy=NO_COPY, no_free_call=None, no_unicode_copy=NO_UNICODE_COPY),
     ChatModelIntegrationTests,
 ):
     pytestmark = asyncio_suite

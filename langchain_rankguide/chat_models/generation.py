@@ -26,17 +26,15 @@ from langchain_rankguide.chat_models.step_signals import StepSignals
 from langchain_rankguide.engine import (
     CaptureSettings,
     LoadedModel,
-    LogitsProcessor,
     StepEngine,
     StepSettings,
     StepToken,
-    StoppingCriterion,
 )
 from langchain_rankguide.engine.grammar import (
     CLOSING_OVERRUN,
     Constraint,
-    grammar_hooks,
 )
+from langchain_rankguide.engine.triggered_grammar import answer_hooks
 
 PROVIDER = "huggingface"
 
@@ -106,7 +104,10 @@ def stream_reply(plan: ReplyPlan) -> Iterator[ChatGenerationChunk]:
     constraint = reply_constraint(call)
     signals = call.signals if constraint is None else ()
     budget = call.token_budget(loaded.context_length, len(plan.prompt_ids))
-    cap = budget + CLOSING_OVERRUN if constraint is not None else budget
+    processors, criteria = answer_hooks(
+        call.answer_format, loaded.tokenizer, loaded.eos_token_ids, budget
+    )
+    cap = budget + CLOSING_OVERRUN if processors else budget
     engine = StepEngine(
         loaded,
         role="srm",
@@ -116,12 +117,6 @@ def stream_reply(plan: ReplyPlan) -> Iterator[ChatGenerationChunk]:
         interventions=plan.interventions,
     )
     engine.start_ids(plan.prompt_ids)
-    processors: list[LogitsProcessor] = []
-    criteria: list[StoppingCriterion] = []
-    if constraint is not None:
-        processors, criteria = grammar_hooks(
-            constraint, loaded.tokenizer, loaded.eos_token_ids, budget
-        )
     tokens = engine.stream_tokens(
         max_new_tokens=cap,
         stop_at_delimiter=False,

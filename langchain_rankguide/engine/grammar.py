@@ -138,6 +138,7 @@ def tool_call_constraint(
     name: str | None = None,
     *,
     or_json: Mapping[str, Any] | None = None,
+    opened: bool = False,
 ) -> Constraint:
     """The output is one ``<tool_call>{"name": ..., "arguments": ...}</tool_call>`` block.
 
@@ -146,6 +147,8 @@ def tool_call_constraint(
         name: the tool that must be called; ``None`` allows any of ``tools``.
         or_json: a JSON schema the output may follow instead of calling a tool (``{}``: any
             JSON object), as OpenAI's ``response_format`` beside ``tool_choice="auto"``.
+        opened: the model has written ``<tool_call>`` already: the grammar starts after it
+            (see :mod:`langchain_rankguide.engine.triggered_grammar`).
 
     Raises:
         StructuredOutputError: for an unknown tool name or no tools.
@@ -170,7 +173,8 @@ def tool_call_constraint(
         }
         rules.append(f"c{i}: %json {json.dumps(_with_options(call))}")
     choice = " | ".join(f"c{i}" for i in range(len(functions)))
-    start = f'start: "<tool_call>" ({choice}) "</tool_call>"'
+    opening = "" if opened else '"<tool_call>" '
+    start = f'start: {opening}({choice}) "</tool_call>"'
     if or_json is not None:
         start += " | answer"
         rules.append(f"answer: %json {json.dumps(_with_options(or_json or {'type': 'object'}))}")
@@ -205,20 +209,53 @@ class _TokenBytes:
         return list(self._tokenizer.encode(text, add_special_tokens=False))
 
 
+@dataclass(frozen=True)
+class JsonStringState:
+    """Whether the text so far ends inside a JSON string (and just after a backslash).
+
+    Closing mode needs it: inside a string ``}`` and ``]`` are content, only ``"`` closes.
+
+    Example:
+        >>> JsonStringState().after('{"a": "b}').inside
+        True
+    """
+
+    inside: bool = False
+    escaped: bool = False
+
+    def after(self, text: str) -> JsonStringState:
+        """The state once ``text`` follows."""
+        inside, escaped = self.inside, self.escaped
+        for ch in text:
+            if escaped:
+                escaped = False
+            elif inside and ch == "\\":
+                escaped = True
+            elif ch == '"':
+                inside = not inside
+        return JsonStringState(inside, escaped)
+
+
 @dataclass
 class GrammarVocab:
-    """llguidance's view of one tokenizer, plus each token's closing class.
+    """llguidance's view of one tokenizer, plus each token's text and closing class.
 
     Attributes:
         ll: the llguidance tokenizer.
         size: number of tokens it knows (ids at or past it are never allowed).
-        closing_class: per token, 0 = only closing characters (``"``, ``}``, ``]``), 1 = starts
-            with one, 2 = starts with ``,``, 3 = anything else.
+        closing_class: per token, outside a string: 0 = only closing characters (``}``,
+            ``]``), 1 = starts with one, 2 = starts with ``,``, 3 = anything else (a ``"``
+            there opens a string).
+        closing_class_in_string: per token, inside a string: 0 = only closing characters and
+            starts with ``"``, 1 = starts with ``"``, 3 = anything else (content).
+        texts: each token's text.
     """
 
     ll: Any
     size: int
     closing_class: torch.Tensor
+    closing_class_in_string: torch.Tensor
+    texts: list[str]
 
 
 _VOCABS: weakref.WeakKeyDictionary[Any, dict[frozenset[int], GrammarVocab]] = (
@@ -228,6 +265,8 @@ _VOCAB_LOCK = threading.Lock()
 
 
 def _closing_class(text: str) -> int:
+    if text[:1] == '"':
+        return 3
     if text and all(ch in _CLOSERS for ch in text):
         return 0
     if text[:1] in tuple(_CLOSERS):
@@ -235,6 +274,12 @@ def _closing_class(text: str) -> int:
     if text.lstrip(" ")[:1] == ",":
         return 2
     return 3
+
+
+def _closing_class_in_string(text: str) -> int:
+    if text[:1] != '"':
+        return 3
+    return 0 if all(ch in _CLOSERS for ch in text) else 1
 
 
 def grammar_vocab(tokenizer: Any, eos_ids: Iterable[int]) -> GrammarVocab:
@@ -259,8 +304,15 @@ def grammar_vocab(tokenizer: Any, eos_ids: Iterable[int]) -> GrammarVocab:
         except (ValueError, TypeError):
             wrapper = llguidance.TokenizerWrapper(_TokenBytes(tokenizer, texts, eos_list[0]))
             ll = llguidance.LLTokenizer(wrapper, n_vocab=size, eos_token=eos_list)
-        classes = torch.tensor([_closing_class(t) for t in texts], dtype=torch.int8)
-        vocab = GrammarVocab(ll=ll, size=int(ll.vocab_size), closing_class=classes)
+        vocab = GrammarVocab(
+            ll=ll,
+            size=int(ll.vocab_size),
+            closing_class=torch.tensor([_closing_class(t) for t in texts], dtype=torch.int8),
+            closing_class_in_string=torch.tensor(
+                [_closing_class_in_string(t) for t in texts], dtype=torch.int8
+            ),
+            texts=texts,
+        )
         _VOCABS[tokenizer][eos] = vocab
         return vocab
 
@@ -287,6 +339,7 @@ class GrammarMatcher:
         self.vocab = vocab
         self.eos_ids = frozenset(int(i) for i in eos_ids)
         self._matcher = llguidance.LLMatcher(vocab.ll, constraint.grammar, log_level=1)
+        self._string = JsonStringState()
         if self._matcher.is_error():
             raise StructuredOutputError(f"cannot compile the grammar: {self._matcher.get_error()}")
 
@@ -312,6 +365,11 @@ class GrammarMatcher:
                 raise StructuredOutputError(
                     f"token {token} is not allowed here: {self._matcher.get_error()}"
                 )
+            self._string = self._after(self._string, token)
+
+    def _after(self, state: JsonStringState, token: int) -> JsonStringState:
+        texts = self.vocab.texts
+        return state.after(texts[token]) if 0 <= token < len(texts) else state
 
     # ------------------------------------------------------------------ masks
 
@@ -332,14 +390,19 @@ class GrammarMatcher:
             raise StructuredOutputError(f"the grammar allows no token: {self._matcher.get_error()}")
         return logprobs.masked_fill(~allowed, float("-inf"))
 
-    def _closing_pick(self, matcher: Any, scores: torch.Tensor) -> int:
+    def _closing_pick(self, matcher: Any, scores: torch.Tensor, string: JsonStringState) -> int:
         allowed = self._allowed(matcher, scores.shape[-1])
         eos = [i for i in self.eos_ids if i < allowed.numel() and bool(allowed[i])]
         if eos and matcher.is_accepting():
             return eos[0]
+        table = (
+            self.vocab.closing_class_in_string
+            if string.inside and not string.escaped
+            else self.vocab.closing_class
+        )
         classes = torch.full((allowed.numel(),), 4, dtype=torch.int8)
-        n = min(allowed.numel(), self.vocab.closing_class.numel())
-        classes[:n] = self.vocab.closing_class[:n]
+        n = min(allowed.numel(), table.numel())
+        classes[:n] = table[:n]
         classes = classes.masked_fill(~allowed, 5)
         best = int(classes.min())
         if best == 5:
@@ -349,7 +412,7 @@ class GrammarMatcher:
 
     def closing_choice(self, logprobs: torch.Tensor) -> int:
         """The token closing mode picks: the most closing class, the model's favourite in it."""
-        return self._closing_pick(self._matcher, logprobs.float().cpu())
+        return self._closing_pick(self._matcher, logprobs.float().cpu(), self._string)
 
     def closing_cost(self, limit: int) -> int:
         """Tokens needed to reach a complete value from here in closing mode (capped at limit)."""
@@ -357,18 +420,21 @@ class GrammarMatcher:
         width = self.vocab.size
         # Without the model, ties inside a closing class go to the lowest id.
         flat = -torch.arange(width, dtype=torch.float32)
-        cost = 0
+        string, cost = self._string, 0
         while cost < limit and not matcher.is_stopped():
-            forced = matcher.compute_ff_tokens()
+            forced = [int(t) for t in matcher.compute_ff_tokens()]
             if forced:
                 matcher.consume_tokens(forced)
+                for token in forced:
+                    string = self._after(string, token)
                 cost += len(forced)
                 continue
             if matcher.is_accepting():
                 break
-            token = self._closing_pick(matcher, flat)
+            token = self._closing_pick(matcher, flat, string)
             if token in self.eos_ids or not matcher.consume_token(token):
                 break
+            string = self._after(string, token)
             cost += 1
         return cost
 

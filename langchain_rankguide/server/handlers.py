@@ -26,10 +26,10 @@ from langchain_rankguide.engine import (
 from langchain_rankguide.engine.grammar import (
     CLOSING_OVERRUN,
     INSTALL_HINT,
-    grammar_hooks,
     llguidance_available,
 )
 from langchain_rankguide.engine.templates import TemplateInfo, describe_tools
+from langchain_rankguide.engine.triggered_grammar import answer_hooks
 from langchain_rankguide.errors import ConfigError, InputError, RankGuideError
 from langchain_rankguide.lrm import render_prompt
 from langchain_rankguide.pipeline import RunOptions
@@ -117,7 +117,6 @@ class PlainModelHandler:
             temperature=request.temperature, top_p=request.top_p, seed=request.seed or 0
         )
         output = request.answer_format()
-        constraint = output.constraint() if output is not None else None
         engine = StepEngine(
             self.loaded,
             role=self.role,
@@ -126,18 +125,15 @@ class PlainModelHandler:
         )
         engine.start(prompt)
         prompt_tokens = len(engine.ids)
-        processors: list[Any] = []
-        criteria: list[Any] = []
-        if constraint is not None:
-            tokenizer, eos = self.loaded.tokenizer, self.loaded.eos_token_ids
-            processors, criteria = grammar_hooks(constraint, tokenizer, eos, cap)
+        tokenizer, eos = self.loaded.tokenizer, self.loaded.eos_token_ids
+        processors, criteria = answer_hooks(output, tokenizer, eos, cap)
         tokens = engine.stream_tokens(
             max_new_tokens=cap,
             stop_at_delimiter=False,
             stop=request.stop_list(),
             logits_processors=processors,
             stopping_criteria=criteria,
-            overrun=CLOSING_OVERRUN if constraint is not None else 0,
+            overrun=CLOSING_OVERRUN if processors else 0,
         )
         reply = _PlainReply(self.loaded.tokenizer, output, prompt, request.logprob_alternatives())
         try:
