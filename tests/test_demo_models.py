@@ -208,5 +208,7 @@ def test_quick_training_and_eval_commands(
     assert report["models"]["srm"]["ms_per_token"] > 0
     assert "overconfident_steps" in report["srm_failure_modes"]
     # Takeover, wording and tool-call figures, over at most --n problems.
-    assert {"takeover", "lrm_wording", "lrm_tool_calls"} <= set(report["skills"])
+    assert {"takeover", "lrm_wording", "lrm_tool_calls", "lrm_tool_calls_grammar"} <= set(
+        report["skills"]
+    )
     assert report["skills"]["lrm_wording"]["n"] == 2

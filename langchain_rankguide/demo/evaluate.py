@@ -466,6 +466,9 @@ def measure_skills(
         say(f"[skills] {name}: {n} worded questions, {2 * n // 3} tool dialogues")
         rates[f"{name}_wording"] = skills.wording_accuracy(loaded, name, worded, budget=budget)
         rates[f"{name}_tool_calls"] = skills.tool_call_accuracy(loaded, 2 * n // 3, seed)
+        guided = skills.tool_call_rates(loaded, 2 * n // 3, seed, grammar=True)
+        rates[f"{name}_tool_calls_grammar"] = guided["exact"]
+        rates[f"{name}_tool_names_grammar"] = guided["name"]
     return {
         key: {"hits": r.hits, "n": r.n, "value": r.value, "interval": r.interval}
         for key, r in rates.items()
@@ -519,7 +522,11 @@ _SKILL_NAMES = {
     "lrm_wording": "LRM on worded / one-operation questions",
     "srm_wording": "SRM on worded / one-operation questions",
     "lrm_tool_calls": "LRM exact tool calls",
+    "lrm_tool_calls_grammar": "LRM exact tool calls, call grammar",
+    "lrm_tool_names_grammar": "LRM right tool, call grammar",
     "srm_tool_calls": "SRM exact tool calls",
+    "srm_tool_calls_grammar": "SRM exact tool calls, call grammar",
+    "srm_tool_names_grammar": "SRM right tool, call grammar",
 }
 
 

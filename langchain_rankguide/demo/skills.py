@@ -142,27 +142,75 @@ def parse_call(text: str) -> dict[str, Any] | None:
         return None
 
 
-def tool_call_accuracy(loaded: Any, n: int, seed: int, max_new_tokens: int = 160) -> Rate:
+def tool_call_accuracy(
+    loaded: Any, n: int, seed: int, max_new_tokens: int = 160, *, grammar: bool = False
+) -> Rate:
     """Share of held-out dialogues whose call has exactly the expected name and arguments."""
-    import torch
+    return tool_call_rates(loaded, n, seed, max_new_tokens, grammar=grammar)["exact"]
 
+
+def tool_call_rates(
+    loaded: Any, n: int, seed: int, max_new_tokens: int = 160, *, grammar: bool = False
+) -> dict[str, Rate]:
+    """On held-out dialogues: exact calls, calls to the right tool, right integer/string values.
+
+    ``grammar=False`` measures the model alone (``generate``); ``grammar=True`` decodes the
+    reply as the chat models and the server do with ``tool_choice="auto"``, through the step
+    engine with the call grammar that switches on when the model opens a call. A value counts
+    as right only in a call to the right tool.
+    """
     rng = random.Random(f"rankguide-demo:tool-eval:{seed}")
-    tokenizer, model = loaded.tokenizer, loaded.model
-    hits = 0
+    counts = dict.fromkeys(("exact", "name", "integer", "string"), 0)
+    totals = {"exact": n, "name": n, "integer": 0, "string": 0}
     for _ in range(n):
         dialogue = make_dialogue(rng, with_result=False)
-        prompt = tokenizer.apply_chat_template(
+        prompt = loaded.tokenizer.apply_chat_template(
             dialogue.messages[:1], tools=dialogue.tools, tokenize=False, add_generation_prompt=True
         )
-        ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)])
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=ids,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-        reply = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-        hits += parse_call(reply) == dialogue.call
-    return Rate(hits, n)
+        decode = _reply_with_grammar if grammar else _reply_alone
+        call = parse_call(decode(loaded, prompt, dialogue.tools, max_new_tokens))
+        named = call is not None and call["name"] == dialogue.call["name"]
+        counts["exact"] += call == dialogue.call
+        counts["name"] += named
+        for key, value in dialogue.call["arguments"].items():
+            kind = "integer" if isinstance(value, int) else "string"
+            totals[kind] += 1
+            counts[kind] += named and call is not None and call["arguments"].get(key) == value
+    return {key: Rate(counts[key], totals[key]) for key in counts}
+
+
+def _reply_alone(loaded: Any, prompt: str, tools: Any, max_new_tokens: int) -> str:
+    import torch
+
+    tokenizer = loaded.tokenizer
+    ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)])
+    with torch.inference_mode():
+        out = loaded.model.generate(
+            input_ids=ids,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+
+
+def _reply_with_grammar(loaded: Any, prompt: str, tools: Any, max_new_tokens: int) -> str:
+    from langchain_rankguide.answer_format import AnswerFormat
+    from langchain_rankguide.engine import SamplingSettings, StepEngine, StepSettings
+    from langchain_rankguide.engine.grammar import CLOSING_OVERRUN
+    from langchain_rankguide.engine.triggered_grammar import answer_hooks
+
+    settings = StepSettings(max_step_tokens=max_new_tokens + CLOSING_OVERRUN, end_markers=())
+    engine = StepEngine(loaded, role="lrm", settings=settings, sampling=SamplingSettings())
+    engine.start(prompt)
+    processors, criteria = answer_hooks(
+        AnswerFormat.of(tools), loaded.tokenizer, loaded.eos_token_ids, max_new_tokens
+    )
+    draft = engine.draft_step(
+        max_new_tokens=max_new_tokens + CLOSING_OVERRUN,
+        stop_at_delimiter=False,
+        logits_processors=processors,
+        stopping_criteria=criteria,
+    )
+    return str(draft.text)
