@@ -93,7 +93,7 @@ class TriggeredGrammar:
     def __call__(self, input_ids: Sequence[int], scores: torch.Tensor) -> torch.Tensor:
         """Mask ``scores`` by the call's grammar while a call is open; else leave them."""
         generated = self.generated(input_ids)
-        self._close_if_complete(generated)
+        self.sync(generated)
         if self._call is None and self._opens_call(generated):
             left = max(1, self.budget - len(generated))
             matcher = GrammarMatcher(self.constraint, self.vocab, self.eos_ids)
@@ -107,7 +107,8 @@ class TriggeredGrammar:
         n = len(self.trigger_ids)
         return n > 0 and tuple(generated[-n:]) == self.trigger_ids
 
-    def _close_if_complete(self, generated: Sequence[int]) -> None:
+    def sync(self, generated: Sequence[int]) -> None:
+        """Let an open call's grammar see ``generated``; close the call once it is complete."""
         if self._call is None:
             return
         self._call.advance(generated[self._call_start :])
@@ -126,8 +127,8 @@ class FreeTextBudget(StoppingCriterion):
         """Stop with ``max_tokens`` once the budget is spent outside a call."""
         if len(progress.token_ids) < self.grammar.budget:
             return None
-        # Let the processor see the newest token: it may have just closed the call.
-        self.grammar._close_if_complete(progress.token_ids)
+        # The processor has not seen the newest token yet: it may have closed the call.
+        self.grammar.sync(progress.token_ids)
         return None if self.grammar.active else Stop("max_tokens")
 
 
