@@ -79,6 +79,18 @@ def test_the_grammar_switches_on_at_the_opening_markup_and_off_after_the_call(to
     assert not grammar.active and grammar.calls == 1
 
 
+def test_the_markup_is_found_by_its_text_whatever_the_pieces(tokenizer):
+    constraint = tool_call_constraint([WEATHER], opened=True)
+    [grammar], _ = triggered_grammar_hooks(constraint, tokenizer, [tokenizer.eos_token_id], 64)
+    prompt = ids(tokenizer, "<|assistant|>")
+    # One character per token, not the fused <tool_call> token the tokenizer would choose.
+    spelled = [ids(tokenizer, ch)[0] for ch in "<tool_call>"]
+    assert len(spelled) == len("<tool_call>")
+    grammar(prompt, torch.zeros(len(tokenizer)))  # the first call marks where the reply starts
+    grammar(prompt + spelled, torch.zeros(len(tokenizer)))
+    assert grammar.active
+
+
 def test_free_text_stops_at_the_budget_but_an_open_call_may_run_past_it(tokenizer):
     constraint = tool_call_constraint([WEATHER], opened=True)
     [grammar], [budget] = triggered_grammar_hooks(

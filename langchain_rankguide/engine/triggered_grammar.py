@@ -72,7 +72,7 @@ class TriggeredGrammar:
         self.eos_ids = frozenset(int(i) for i in eos_ids)
         self.vocab = grammar_vocab(tokenizer, self.eos_ids)
         self.budget = budget
-        self.trigger_ids = tuple(tokenizer.encode(trigger, add_special_tokens=False))  # type: ignore[attr-defined]
+        self.trigger = trigger
         self.calls = 0
         """Calls the grammar has completed."""
         self._start: int | None = None
@@ -104,8 +104,12 @@ class TriggeredGrammar:
         return self._call(input_ids, scores)
 
     def _opens_call(self, generated: Sequence[int]) -> bool:
-        n = len(self.trigger_ids)
-        return n > 0 and tuple(generated[-n:]) == self.trigger_ids
+        # By text, not by ids: a BPE model may spell the markup in pieces of its own choosing.
+        # (A token that carries text past the markup is missed: that call is parsed as written.)
+        texts = self.vocab.texts
+        tail = generated[-len(self.trigger) :] if self.trigger else ()
+        text = "".join(texts[t] if 0 <= t < len(texts) else "" for t in tail)
+        return bool(self.trigger) and text.endswith(self.trigger)
 
     def sync(self, generated: Sequence[int]) -> None:
         """Let an open call's grammar see ``generated``; close the call once it is complete."""
