@@ -21,7 +21,7 @@ from langchain_rankguide.config import load_config
 from langchain_rankguide.engine import ModelRegistry
 from langchain_rankguide.errors import CalibrationError
 from langchain_rankguide.graph import add_steps, build_graph
-from langchain_rankguide.pipeline import RankGuidePipeline, RunOptions
+from langchain_rankguide.pipeline import RankGuidePipeline, RunOptions, demo_calibration_path
 from langchain_rankguide.routing import (
     BudgetState,
     RouteDecision,
@@ -238,3 +238,35 @@ def test_replay_labels_benefit_where_the_lrm_step_fixes_a_failing_srm_step():
         )
         for step in replay.steps:
             assert step.benefit == (step.failing and step.lrm_step_passes is True)
+
+
+def test_reselect_runs_the_shipped_router_at_each_threshold_and_keeps_the_rest(tmp_path, capsys):
+    out = tmp_path / "cal.json"
+    args = ["calibrate", "--reselect", "demo", "--n", "0", "--select-n", "2"]
+    assert main([*args, "--thresholds=9,-9", "--target-speedup", "0.01", "--out", str(out)]) == 0
+    shipped, cal = Calibration.load(demo_calibration_path()), Calibration.load(out)
+    record = cal.replay["reselected"]
+    assert [p["threshold"] for p in record["tried"]] == [9.0, -9.0]
+    chosen = record["chosen"]
+    # 9 escalates nothing (the SRM alone), -9 every step: each run's accuracy decides.
+    assert chosen["accuracy"] == max(p["accuracy"] for p in record["tried"])
+    assert cal.threshold == chosen["threshold"] and cal.rule.threshold == cal.threshold
+    assert record["previous_threshold"] == shipped.threshold
+    assert (cal.weights, cal.signals, cal.variants) == (
+        shipped.weights,
+        shipped.signals,
+        shipped.variants,
+    )
+    escalated = {p["threshold"]: p["escalation_rate"] for p in record["tried"]}
+    assert escalated == {9.0: 0.0, -9.0: 1.0}
+    assert "score >= 9.000" in capsys.readouterr().out
+
+
+def test_reselect_refuses_a_target_no_threshold_reaches_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "cal.json"
+    args = ["calibrate", "--reselect", "demo", "--n", "0", "--select-n", "1", "--out", str(out)]
+    assert main([*args, "--thresholds=9", "--target-speedup", "1000"]) != 0
+    assert "no threshold reached 1000x over the LRM alone" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*args, "--thresholds=x"]) != 0
+    assert "--thresholds: 'x' is not a comma-separated list" in capsys.readouterr().err

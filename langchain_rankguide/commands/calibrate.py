@@ -39,7 +39,12 @@ def register(subparsers: Any) -> None:
         help="step labels: the task's step verifier, agreement with the LRM, or auto "
         "(the verifier where the task has one)",
     )
-    parser.add_argument("--n", type=int, default=200, help="number of calibration problems")
+    parser.add_argument(
+        "--n",
+        type=int,
+        help="number of calibration problems to fit on (default 200; with --reselect, the "
+        "file's own count, so the same selection problems follow them)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="problem seed")
     parser.add_argument(
         "--target-rate", type=float, default=0.25, help="target escalation rate per step"
@@ -63,8 +68,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--select-n",
         type=int,
-        default=150,
-        help="calibration problems (after the --n fit problems) the candidate routers run on",
+        help="calibration problems (after the --n fit problems) the candidate routers run on "
+        "(default 150; with --reselect, the file's own count)",
     )
     parser.add_argument(
         "--target-speedup",
@@ -76,6 +81,20 @@ def register(subparsers: Any) -> None:
         "--replay-data",
         metavar="FILE.jsonl",
         help="keep the replay data here; records already in it are reused (resume, refit)",
+    )
+    parser.add_argument(
+        "--reselect",
+        metavar="FILE",
+        help="fit nothing: run FILE's router ('demo' for the shipped one) at --thresholds on the "
+        "selection problems beside the LRM and write FILE, with the most accurate threshold that "
+        "reaches --target-speedup, to --out (after a model of the pair changed; "
+        "docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--thresholds",
+        metavar="T[,T...]",
+        help="--reselect: step thresholds to run, written --thresholds=-2.3,-2.6 (default: FILE's "
+        "threshold and its sweep's)",
     )
     parser.add_argument("--out", required=True, help="calibration JSON to write")
     parser.add_argument("--report", help="also write the full report as JSON here")
@@ -90,6 +109,12 @@ def calibrate_command(args: argparse.Namespace) -> int:
     from langchain_rankguide.bench.tasks import load_task
     from langchain_rankguide.schemas import SIGNALS
 
+    if args.reselect:
+        from langchain_rankguide.commands.reselect import reselect_command
+
+        return reselect_command(args)
+    args.n = 200 if args.n is None else args.n
+    args.select_n = 150 if args.select_n is None else args.select_n
     _check_args(args)
     extra = [n.strip() for n in args.combine.split(",") if n.strip()]
     unknown = [n for n in extra if n not in SIGNALS]
