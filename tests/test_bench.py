@@ -240,6 +240,7 @@ RECORD_KEYS = {
     "escalations",
     "failure_modes",
     "problem_id",
+    "seed",
     "point",
     "n_steps",
     "stop_reason",
@@ -303,6 +304,11 @@ def test_small_bench_run_writes_the_documented_files(tiny_config_file, tmp_path)
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["speedup_vs_lrm"]) == {"srm", "random", "lrm"}
     assert set(summary["comparisons"]["vs_lrm"]) == {"srm", "random"}
+
+    # A report rebuilt without --seed names the seed the records were run with.
+    assert main([*args, "--seed", "5", "--report-only"]) == 0
+    assert json.loads((out / "summary.json").read_text())["seed"] == 0
+    assert {r["seed"] for r in read_records(out / "results.jsonl")} == {0}
 
 
 def test_perf_reports_overhead_signals_prefill_and_memory(tiny_config_file, tmp_path):

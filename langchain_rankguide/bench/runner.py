@@ -405,9 +405,13 @@ def compact_step(step: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_record(
-    point: PolicyPoint, problem: BenchProblem, task: Task, result: RunResult
+    point: PolicyPoint,
+    problem: BenchProblem,
+    task: Task,
+    result: RunResult,
+    seed: int | None = None,
 ) -> dict[str, Any]:
-    """One ``results.jsonl`` record from a finished run."""
+    """One ``results.jsonl`` record from a finished run (``seed``: the problems' seed)."""
     steps = result.steps
     texts = [s["text"] for s in steps]
     modes = Counter(s["failure_mode"] for s in steps if s.get("failure_mode"))
@@ -418,6 +422,7 @@ def make_record(
         "threshold": point.threshold,
         "default_point": point.default,
         "problem_id": problem.id,
+        "seed": seed,
         "question": problem.question,
         "reference": problem.reference,
         "answer": result.answer,
@@ -521,7 +526,7 @@ def run_bench(
             for point in plan.points:
                 if (point.label, problem.id) in done:
                     continue
-                record = make_record(point, problem, task, invoke(point, problem))
+                record = make_record(point, problem, task, invoke(point, problem), settings.seed)
                 records.append(record)
                 out.write(json.dumps(record) + "\n")
                 out.flush()

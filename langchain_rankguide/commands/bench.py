@@ -182,7 +182,7 @@ def bench_command(args: argparse.Namespace) -> int:
     meta = {
         "task": task.name,
         "n_problems": len({r["problem_id"] for r in records}),
-        "seed": args.seed,
+        "seed": _seed_of(records, args.seed),
         "command": _command_line(args),
         "calibration": getattr(pipeline.calibration, "notes", None),
     }
@@ -198,6 +198,14 @@ def bench_command(args: argparse.Namespace) -> int:
         )
     console.print(escape("wrote " + ", ".join(str(p) for p in [results, *paths.values()])))
     return 0
+
+
+def _seed_of(records: list[dict[str, Any]], default: int) -> int | str:
+    """The problems' seed as the records give it (a merged report's may differ from --seed)."""
+    seeds = sorted({r["seed"] for r in records if r.get("seed") is not None})
+    if not seeds:
+        return default  # records written before the seed was recorded
+    return seeds[0] if len(seeds) == 1 else ", ".join(map(str, seeds))
 
 
 def _command_line(args: argparse.Namespace) -> str:
