@@ -270,3 +270,7 @@ def test_reselect_refuses_a_target_no_threshold_reaches_and_writes_nothing(tmp_p
     assert not out.exists()
     assert main([*args, "--thresholds=x"]) != 0
     assert "--thresholds: 'x' is not a comma-separated list" in capsys.readouterr().err
+    assert main([*args, "--plot", str(tmp_path / "p.png")]) != 0
+    assert "--reselect fits nothing; it takes no --plot" in capsys.readouterr().err
+    assert main(["calibrate", "--thresholds=1", "--out", str(out)]) != 0
+    assert "--thresholds goes with --reselect FILE" in capsys.readouterr().err

@@ -113,6 +113,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
         from langchain_rankguide.commands.reselect import reselect_command
 
         return reselect_command(args)
+    if args.thresholds:
+        raise RankGuideError("--thresholds goes with --reselect FILE")
     args.n = 200 if args.n is None else args.n
     args.select_n = 150 if args.select_n is None else args.select_n
     _check_args(args)

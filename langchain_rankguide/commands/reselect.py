@@ -19,6 +19,7 @@ def reselect_command(args: argparse.Namespace) -> int:
     )
     from langchain_rankguide.commands.calibrate import _pipeline, _progress
 
+    _refuse_fit_flags(args)
     calibration = _load(args.reselect)
     thresholds = _thresholds(args.thresholds) or default_thresholds(calibration)
     n_fit, n_select = _counts(args, calibration)
@@ -40,6 +41,23 @@ def reselect_command(args: argparse.Namespace) -> int:
     apply_reselection(calibration, reselection).save(args.out)
     print(f"written to {args.out}")
     return 0
+
+
+FIT_FLAGS = {
+    "replay_data": "--replay-data",
+    "report": "--report",
+    "plot": "--plot",
+    "no_replay": "--no-replay",
+    "combine": "--combine",
+    "rank_signal": "--rank-signal",
+}
+"""Flags of a fit, which ``--reselect`` does not do: refused with it, not ignored."""
+
+
+def _refuse_fit_flags(args: argparse.Namespace) -> None:
+    given = [flag for name, flag in FIT_FLAGS.items() if getattr(args, name, None)]
+    if given:
+        raise RankGuideError(f"--reselect fits nothing; it takes no {', '.join(given)}")
 
 
 def _load(name: str) -> Any:
