@@ -311,6 +311,41 @@ def test_small_bench_run_writes_the_documented_files(tiny_config_file, tmp_path)
     assert {r["seed"] for r in read_records(out / "results.jsonl")} == {0}
 
 
+def test_bench_thresholds_add_points_by_value(tiny_config_file, tmp_path):
+    out = tmp_path / "bench"
+    args = ["bench", "--config", str(tiny_config_file), "--n", "1", "--warmup", "0"]
+    spec = ["--policies", "random", "--thresholds", "random=0,1", "--thresholds", "random=1"]
+    assert main([*args, *spec, "--out", str(out)]) == 0
+    records = read_records(out / "results.jsonl")
+    by_point = {r["point"]: r for r in records}
+    assert sorted(by_point) == ["random", "random@t=0.0", "random@t=1.0"]  # 1 given twice: once
+    never, always = by_point["random@t=0.0"], by_point["random@t=1.0"]
+    assert never["escalations"] == 0 and never["default_point"] is False
+    assert always["escalations"] == always["n_steps"] > 0 and always["threshold"] == 1.0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["policies"]) == {"random"}, "extra points are not the policy's row"
+    assert {e["point"] for e in summary["sweep"]["random"]} == set(by_point)
+    assert "--thresholds random=0,1 --thresholds random=1" in summary["command"]
+    assert "| random@t=1.0 |" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("lrm=1", "lrm takes no threshold"),
+        ("entropy=0.5", "entropy is not among the policies run"),
+        ("random=high", "thresholds must be numbers"),
+        ("random", "must look like POLICY=T"),
+    ],
+)
+def test_bench_thresholds_errors_name_the_problem(tmp_path, capsys, spec, message):
+    out = tmp_path / "bench"
+    args = ["bench", "--policies", "random,lrm", "--thresholds", spec, "--out", str(out)]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "results.jsonl").exists()
+
+
 def test_perf_reports_overhead_signals_prefill_and_memory(tiny_config_file, tmp_path):
     from langchain_rankguide.bench.perf import PerfSettings, run_perf
     from langchain_rankguide.config import load_config

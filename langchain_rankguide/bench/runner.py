@@ -217,6 +217,10 @@ class BenchSettings:
         warmup: untimed runs per policy before timing starts.
         shard: ``(index, count)``: run only problems ``i`` with ``i % count == index`` (to
             split a long benchmark over processes; merge their ``results.jsonl`` files).
+        thresholds: extra operating points by value, per policy (``{"rankguide": [-2.2]}``):
+            labelled ``rankguide@t=-2.2`` and reported with the sweeps. The value means what
+            the policy's threshold means (the escalation rate for ``random``, the acceptance
+            score for ``specreason``).
     """
 
     n: int = 100
@@ -227,6 +231,11 @@ class BenchSettings:
     ablation: bool = False
     warmup: int = 1
     shard: tuple[int, int] | None = None
+    thresholds: Mapping[str, Sequence[float]] = field(default_factory=dict)
+
+
+THRESHOLD_POLICIES = ("random", "specreason", "entropy", "rank", "rankguide")
+"""Policies ``BenchSettings.thresholds`` (``--thresholds``) can run at other thresholds."""
 
 
 @dataclass
@@ -291,9 +300,44 @@ def plan_points(pipeline: BenchPipeline, task: Task, settings: BenchSettings) ->
         points.append(PolicyPoint(policy, policy, None, options))
         if settings.sweep:
             points.extend(_sweep_points(policy, options, calibration, pipeline, notes))
+        points.extend(_threshold_points(policy, options, settings, points, notes))
     if settings.ablation:
         points.extend(_ablation_points(calibration, notes))
     return Plan(points, notes)
+
+
+def check_thresholds(thresholds: Mapping[str, Sequence[float]], policies: Sequence[str]) -> None:
+    """Refuse ``--thresholds`` for a policy that is not run or takes no threshold."""
+    for policy in thresholds:
+        if policy not in THRESHOLD_POLICIES:
+            raise RankGuideError(
+                f"--thresholds {policy}=...: {policy} takes no threshold; use one of "
+                f"{', '.join(THRESHOLD_POLICIES)}"
+            )
+        if policy not in policies:
+            raise RankGuideError(
+                f"--thresholds {policy}=...: {policy} is not among the policies run "
+                f"({', '.join(policies)}); add it to --policies"
+            )
+
+
+def _threshold_points(
+    policy: str,
+    options: RunOptions,
+    settings: BenchSettings,
+    planned: Sequence[PolicyPoint],
+    notes: list[str],
+) -> list[PolicyPoint]:
+    """The ``--thresholds`` points of one policy, less values a sweep point already runs."""
+    swept = {p.threshold for p in planned if p.policy == policy and p.threshold is not None}
+    points = []
+    for value in dict.fromkeys(settings.thresholds.get(policy, ())):
+        if value in swept:
+            notes.append(f"{policy} threshold {value!r}: already a sweep point, run once")
+            continue
+        label = f"{policy}@t={value!r}"
+        points.append(PolicyPoint(policy, label, value, replace(options, threshold=value), False))
+    return points
 
 
 def _ablation_points(calibration: Calibration | None, notes: list[str]) -> list[PolicyPoint]:

@@ -39,6 +39,13 @@ def register(subparsers: Any) -> None:
         "--sweep", action="store_true", help="also run each thresholded policy over its sweep"
     )
     parser.add_argument(
+        "--thresholds",
+        action="append",
+        metavar="POLICY=T[,T...]",
+        help="also run POLICY at these thresholds (points POLICY@t=T, reported with the "
+        "sweeps); repeatable, e.g. --thresholds rankguide=-2.2,-2.5",
+    )
+    parser.add_argument(
         "--ablation",
         action="store_true",
         help="also run the calibration's router-v2 variants as rankguide[NAME] (the ablation)",
@@ -114,6 +121,7 @@ def bench_command(args: argparse.Namespace) -> int:
     from langchain_rankguide.bench.runner import (
         BenchPipeline,
         BenchSettings,
+        check_thresholds,
         parse_policies,
         plan_points,
         read_records,
@@ -130,14 +138,18 @@ def bench_command(args: argparse.Namespace) -> int:
         if not 0 <= index < count:
             raise RankGuideError(f"--shard {args.shard}: need 0 <= I < N")
         shard = (index, count)
+    policies = parse_policies(args.policies)
+    thresholds = parse_thresholds(args.thresholds or [])
+    check_thresholds(thresholds, policies)
     task = load_task(args.task)
     config = _load(args)
     pipeline = BenchPipeline(config, task)
     settings = BenchSettings(
         n=args.n,
         seed=args.seed,
-        policies=parse_policies(args.policies),
+        policies=policies,
         sweep=args.sweep,
+        thresholds=thresholds,
         steering_vector=args.steering_vector,
         ablation=args.ablation,
         warmup=max(0, args.warmup),
@@ -200,6 +212,23 @@ def bench_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_thresholds(specs: list[str]) -> dict[str, list[float]]:
+    """``["rankguide=-2.2,-2.5", ...]`` as ``{"rankguide": [-2.2, -2.5]}`` (clear errors)."""
+    parsed: dict[str, list[float]] = {}
+    for spec in specs:
+        policy, sep, values = spec.partition("=")
+        if not sep or not policy.strip() or not values.strip():
+            raise RankGuideError(f"--thresholds must look like POLICY=T[,T...], got {spec!r}")
+        try:
+            numbers = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise RankGuideError(
+                f"--thresholds {spec!r}: thresholds must be numbers, comma-separated"
+            ) from None
+        parsed.setdefault(policy.strip(), []).extend(numbers)
+    return parsed
+
+
 def _seed_of(records: list[dict[str, Any]], default: int) -> int | str:
     """The problems' seed as the records give it (a merged report's may differ from --seed)."""
     seeds = sorted({r["seed"] for r in records if r.get("seed") is not None})
@@ -218,6 +247,8 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--policies", args.policies]
     if args.sweep:
         parts.append("--sweep")
+    for spec in getattr(args, "thresholds", None) or []:
+        parts += ["--thresholds", spec]
     if getattr(args, "ablation", False):
         parts.append("--ablation")
     if args.steering_vector:
