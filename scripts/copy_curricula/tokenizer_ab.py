@@ -30,6 +30,10 @@ from langchain_rankguide.demo.train import BatchStream
 
 variant, steps, lr, batch = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 eval_every = int(sys.argv[5]) if len(sys.argv) > 5 else 500
+# Optional shape "layers x hidden x heads" (default 4x64x4, the runs of docs/demo.md).
+layers, hidden, heads = (
+    int(x) for x in (sys.argv[6] if len(sys.argv) > 6 else "4x64x4").split("x")
+)
 
 if variant == "syllables":
     pairs = [c + v for c in _CONSONANTS for v in _VOWELS]
@@ -39,16 +43,23 @@ if variant == "syllables":
         *(p.capitalize() for p in pairs),
     )
 tok = demo_tokenizer.build_tokenizer()
-print(variant, "vocab", len(tok), tok.tokenize("get_dovira Kelumo"), flush=True)
+print(
+    variant,
+    f"{layers}x{hidden}x{heads}",
+    "vocab",
+    len(tok),
+    tok.tokenize("get_dovira Kelumo"),
+    flush=True,
+)
 
 torch.manual_seed(0)
 config = LlamaConfig(
     vocab_size=len(tok),
-    hidden_size=64,
-    intermediate_size=256,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=4,
+    hidden_size=hidden,
+    intermediate_size=4 * hidden,
+    num_hidden_layers=layers,
+    num_attention_heads=heads,
+    num_key_value_heads=heads,
     max_position_embeddings=1024,
     bos_token_id=None,
     eos_token_id=tok.eos_token_id,
