@@ -334,7 +334,8 @@ def test_bench_thresholds_add_points_by_value(tiny_config_file, tmp_path):
     [
         ("lrm=1", "lrm takes no threshold"),
         ("entropy=0.5", "entropy is not among the policies run"),
-        ("random=high", "thresholds must be numbers"),
+        ("random=high", "is not a comma-separated list of numbers"),
+        ("random=nan", "is not a comma-separated list of numbers"),
         ("random", "must look like POLICY=T"),
     ],
 )

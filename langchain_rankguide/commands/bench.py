@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from langchain_rankguide.commands.numbers import number_list
 from langchain_rankguide.commands.outputs import check_output_dir
 from langchain_rankguide.errors import RankGuideError
 
@@ -219,12 +220,7 @@ def parse_thresholds(specs: list[str]) -> dict[str, list[float]]:
         policy, sep, values = spec.partition("=")
         if not sep or not policy.strip() or not values.strip():
             raise RankGuideError(f"--thresholds must look like POLICY=T[,T...], got {spec!r}")
-        try:
-            numbers = [float(v) for v in values.split(",") if v.strip()]
-        except ValueError:
-            raise RankGuideError(
-                f"--thresholds {spec!r}: thresholds must be numbers, comma-separated"
-            ) from None
+        numbers = number_list(values, f"--thresholds {policy.strip()}=")
         parsed.setdefault(policy.strip(), []).extend(numbers)
     return parsed
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from langchain_rankguide.commands.numbers import number_list
 from langchain_rankguide.commands.outputs import check_output_file
 from langchain_rankguide.errors import RankGuideError
 
@@ -68,14 +69,7 @@ def _load(name: str) -> Any:
 
 
 def _thresholds(text: str | None) -> list[float]:
-    if not text:
-        return []
-    try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise RankGuideError(
-            f"--thresholds: {text!r} is not a comma-separated list of numbers"
-        ) from None
+    return number_list(text, "--thresholds") if text else []
 
 
 def _counts(args: argparse.Namespace, calibration: Any) -> tuple[int, int]:
