@@ -262,6 +262,8 @@ def test_token_counts_use_the_models_own_tokenizer(tiny_pair, monkeypatch):
 # --------------------------------------------------------------------------- 6. serialization
 
 
+# langchain-core marks `loads` as beta; the round trip through it is what this test checks.
+@pytest.mark.filterwarnings("ignore:The function `loads` is in beta")
 def test_both_chat_models_pickle_and_serialize_without_secrets(tiny_pair, monkeypatch):
     monkeypatch.setenv("RG_CITIZEN_KEY", "sk-never-serialized-1234")
     remote = {
